@@ -1,0 +1,99 @@
+"""Errors as JSON: `{"error": {"code", "message", "field"}}`, mapped by exception class."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from mailgate.errors import InvalidRequest, RequestError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+def error_body(exc: RequestError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+
+
+def _field(loc: tuple[int | str, ...]) -> str | None:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        source = parts.pop(0)
+        if source == "body" and (not parts or isinstance(parts[0], int)):
+            return "body"  # the JSON itself is malformed, or not an object
+        if source == "header" and parts:
+            return "-".join(p.capitalize() for p in str(parts[0]).split("-"))
+    out = ""
+    for part in parts:
+        if part == "[key]":  # pydantic's marker for "the key itself is bad"
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or None
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequest:
+    """The first problem pydantic found, as one error naming its field."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequest("invalid request")
+    first = errors[0]
+    field = _field(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        message = f"the body is not valid JSON: {first.get('ctx', {}).get('error', message)}"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    elif first.get("type") == "missing":
+        message = "this field is required"
+    if field and field != "body":
+        message = f"{field}: {message}"
+    return InvalidRequest(message, field=field)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def request_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestError)
+        return JSONResponse(error_body(exc), status_code=exc.status_code)
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return JSONResponse(error_body(validation_error(exc)), status_code=400)
+
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("answering 503: %s", exc)
+        body = {"error": {"code": "unavailable", "message": str(exc), "field": None}}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request")
+        body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        body = {"error": {"code": "internal_error", "message": "internal error", "field": None}}
+        return JSONResponse(body, status_code=500)
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ValidationError, invalid)
+    app.add_exception_handler(StoreUnavailable, unavailable)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, crashed)

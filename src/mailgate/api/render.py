@@ -1,0 +1,93 @@
+"""Turning store records into the API's JSON (the shapes `schemas.MessageOut` documents).
+
+Built by hand rather than through pydantic on the way out: the accept path
+answers thousands of times a second and the shapes are fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mailgate.message import rfc3339
+from mailgate.store import MessageView, NewMessage
+
+
+def _envelope(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "from": envelope["from"],
+        "to": envelope["to"],
+        "cc": envelope.get("cc", []),
+        "bcc": envelope.get("bcc", []),
+        "reply_to": envelope.get("reply_to", []),
+        "subject": envelope["subject"],
+        "tags": envelope.get("tags", []),
+        "metadata": envelope.get("metadata", {}),
+    }
+
+
+def message_json(view: MessageView, *, history: bool = True) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": view.id,
+        "status": view.status,
+        **_envelope(view.envelope),
+        "send_at": rfc3339(view.send_at),
+        "provider": view.provider or view.forced_provider,
+        "provider_message_id": view.provider_message_id,
+        "next_attempt_at": rfc3339(view.next_attempt_at),
+        "last_error": view.last_error,
+        "created_at": rfc3339(view.created_at),
+        "updated_at": rfc3339(view.updated_at),
+    }
+    if history:
+        data["attempts"] = [
+            {
+                "provider": a.provider,
+                "started_at": rfc3339(a.started_at),
+                "duration_ms": a.duration_ms,
+                "outcome": a.outcome,
+                "status_code": a.status_code,
+                "error": a.error,
+            }
+            for a in view.attempts
+        ]
+        data["events"] = [
+            {"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in view.events
+        ]
+    return data
+
+
+def new_message_json(item: NewMessage) -> dict[str, Any]:
+    """A just-accepted message, without reading it back."""
+    email = item.email
+    at = rfc3339(item.created_at)
+    event: dict[str, Any] = {
+        "type": "scheduled" if item.send_at else "accepted",
+        "at": at,
+        "detail": {},
+    }
+    if item.send_at is not None:
+        event["detail"]["send_at"] = rfc3339(item.send_at)
+    if item.forced_provider:
+        event["detail"]["provider"] = item.forced_provider
+    return {
+        "id": item.id,
+        "status": item.status.value,
+        "from": email.sender.to_json(),
+        "to": [a.to_json() for a in email.to],
+        "cc": [a.to_json() for a in email.cc],
+        "bcc": [a.to_json() for a in email.bcc],
+        "reply_to": [a.to_json() for a in email.reply_to],
+        "subject": email.subject,
+        "tags": list(email.tags),
+        "metadata": dict(email.metadata),
+        "send_at": rfc3339(item.send_at),
+        "provider": item.forced_provider,
+        "provider_message_id": None,
+        "next_attempt_at": rfc3339(item.send_at or item.created_at),
+        "last_error": None,
+        "created_at": at,
+        "updated_at": at,
+        "attempts": [],
+        "events": [event],
+    }

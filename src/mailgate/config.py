@@ -1,0 +1,204 @@
+"""Settings: one TOML file plus `MAILGATE_<SECTION>__<KEY>` variables.
+
+`load_settings` is the one way the CLI builds them; tests build `Settings(...)`
+directly. Unknown keys and placeholder secrets are refused with a
+`ConfigError` that names the key and its variable.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mailgate.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///.mailgate/mailgate.db"
+
+_PLACEHOLDERS = {"", "...", "changeme", "change-me", "changethis", "secret", "xxx", "todo"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=0, le=65535)
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Requests larger than this are refused with 413 before they are parsed."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DatabaseSettings(_Section):
+    url: str = DEFAULT_DATABASE_URL
+    pool_size: int = Field(default=10, ge=1)
+    auto_migrate: bool = True
+    busy_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a SQLite writer waits for another process's lock before giving up (503)."""
+
+
+class DeliverySettings(_Section):
+    concurrency: int = Field(default=200, ge=1)
+    attempt_timeout_seconds: float = Field(default=10.0, gt=0)
+    retry_initial_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often an idle worker looks for due work (accepts in its own process wake it at once)."""
+    claim_batch: int = Field(default=100, ge=1)
+    default_from: str | None = None
+    """The sender `mailgate send` uses when `--from` is not given."""
+
+
+def _not_placeholder(value: SecretStr) -> SecretStr:
+    if value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+        raise ValueError("is a placeholder; set the real secret")
+    return value
+
+
+class _ProviderBase(_Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")]
+    priority: int = 1
+    weight: int = Field(default=1, ge=1)
+    enabled: bool = True
+    breaker_window_seconds: float = Field(default=60.0, gt=0)
+    breaker_min_calls: int = Field(default=10, ge=1)
+    breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+
+class SendGridSettings(_ProviderBase):
+    type: Literal["sendgrid"]
+    api_key: SecretStr
+    base_url: str = "https://api.sendgrid.com"
+
+    _check_key = field_validator("api_key")(_not_placeholder)
+
+
+class MailgunSettings(_ProviderBase):
+    type: Literal["mailgun"]
+    api_key: SecretStr
+    domain: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9.-]+$")]
+    base_url: str = "https://api.mailgun.net"
+
+    _check_key = field_validator("api_key")(_not_placeholder)
+
+
+ProviderSettings = Annotated[SendGridSettings | MailgunSettings, Field(discriminator="type")]
+
+
+class Settings(BaseSettings):
+    """All of mailgate's settings. Variables override the file; both override defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    providers: list[ProviderSettings] = []
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_names(cls, providers: list[ProviderSettings]) -> list[ProviderSettings]:
+        seen: set[str] = set()
+        for p in providers:
+            if p.name in seen:
+                raise ValueError(f"provider name {p.name!r} is used twice")
+            seen.add(p.name)
+        return providers
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init arguments; variables win over them.
+        return (env_settings, init_settings)
+
+    @property
+    def simulated(self) -> bool:
+        """No providers configured: `serve` starts simulated ones on loopback."""
+        return not self.providers
+
+
+def load_settings(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from a TOML file (`path`, else `MAILGATE_CONFIG`) and the environment."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get("MAILGATE_CONFIG"):
+        path = environ["MAILGATE_CONFIG"]
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"config file {path} does not exist (--config / MAILGATE_CONFIG)"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, data)) from None
+
+
+def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str:
+    """One line per problem, each naming the key and the variable that sets it."""
+    lines = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        key = _dotted(loc, data or {})
+        msg = error["msg"]
+        if error["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}{_variable_hint(loc)}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _is_union_tag(part: int | str) -> bool:
+    return isinstance(part, str) and part in {"sendgrid", "mailgun"}
+
+
+def _dotted(loc: list[int | str], data: Mapping[str, Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    if len(loc) >= 2 and loc[0] == "providers" and isinstance(loc[1], int):
+        providers = data.get("providers") or []
+        if loc[1] < len(providers) and isinstance(providers[loc[1]], dict):
+            name = providers[loc[1]].get("name")
+            if name:
+                out += f" (provider {name!r})"
+    return out
+
+
+def _variable_hint(loc: list[int | str]) -> str:
+    if not loc or loc[0] == "providers" or len(loc) > 2:
+        return (
+            " (in the config file, or MAILGATE_PROVIDERS as JSON)"
+            if loc[:1] == ["providers"]
+            else ""
+        )
+    return f" (MAILGATE_{'__'.join(str(p).upper() for p in loc)})"

@@ -1,0 +1,202 @@
+"""The worker: claim due messages with a lease, deliver them concurrently, record the end.
+
+Up to `delivery.concurrency` messages are in flight. The loop claims a batch
+whenever enough slots are free, and otherwise sleeps until a slot frees, new
+work is accepted in this process, or the poll interval passes. Beside it:
+
+- a lease keeper pushes the lease of every in-flight message forward, so a
+  slow round (several providers timing out) never loses its lease while
+  the worker is alive, and a dead worker's messages come free after
+  `lease_seconds`;
+- a reclaimer queues again messages whose worker died (their lease ran out),
+  recording the lost try as an `ambiguous` attempt;
+- a refresher adopts provider state other processes stored.
+
+A store outage never stops the worker: it backs off and carries on. A
+finished round is stored before its slot frees; if that write keeps failing
+the lease runs out and the message is delivered again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from mailgate.config import Settings
+from mailgate.delivery.backoff import BackoffPolicy
+from mailgate.delivery.pool import ProviderPool
+from mailgate.delivery.router import Router
+from mailgate.errors import StoreUnavailable
+from mailgate.message import new_id
+from mailgate.metrics import Metrics
+from mailgate.store import Claimed, Finish, Store
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 1.0
+_MAX_STORE_BACKOFF = 5.0
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        pool: ProviderPool,
+        metrics: Metrics,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.delivery = settings.delivery
+        self.store = store
+        self.pool = pool
+        self.metrics = metrics
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[-6:]}"
+        self.router = Router(
+            pool,
+            backoff=BackoffPolicy(
+                initial=self.delivery.retry_initial_seconds, maximum=self.delivery.retry_max_seconds
+            ),
+            max_age_seconds=self.delivery.max_age_seconds,
+            metrics=metrics,
+        )
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._started_at = datetime.now(UTC)
+        store.on_accept(lambda _n: self._wake.set())
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop claiming; `run` returns once in-flight rounds are stored."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        log.info("worker %s: started (concurrency %d)", self.id, self.delivery.concurrency)
+        helpers = [
+            self._every(self.delivery.lease_seconds / 3, self._keep_leases),
+            self._every(min(self.delivery.lease_seconds / 4, 5.0), self._reclaim),
+            self._every(REFRESH_SECONDS, self._refresh),
+        ]
+        helper_tasks = [asyncio.create_task(h) for h in helpers]
+        try:
+            await self._guarded(self._refresh)
+            await self._claim_loop()
+        finally:
+            if self._inflight:
+                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            for task in helper_tasks:
+                task.cancel()
+            await asyncio.gather(*helper_tasks, return_exceptions=True)
+            log.info("worker %s: stopped", self.id)
+
+    async def _claim_loop(self) -> None:
+        concurrency = self.delivery.concurrency
+        batch = min(self.delivery.claim_batch, concurrency)
+        threshold = max(1, batch // 2)
+        store_backoff = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = concurrency - len(self._inflight)
+            claimed: list[Claimed] = []
+            if free >= threshold:
+                try:
+                    claimed = await self.store.claim(
+                        self.id, limit=min(free, batch), lease_seconds=self.delivery.lease_seconds
+                    )
+                    store_backoff = 0.0
+                except StoreUnavailable as exc:
+                    store_backoff = min(_MAX_STORE_BACKOFF, max(0.1, store_backoff * 2))
+                    log.warning(
+                        "worker %s: cannot claim (%s); again in %.1fs", self.id, exc, store_backoff
+                    )
+                    await self._sleep(store_backoff)
+                    continue
+                for message in claimed:
+                    task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
+                    self._inflight[message.id] = task
+                if len(claimed) == min(free, batch):
+                    await asyncio.sleep(0)  # more may be due: let sends start, then claim again
+                    continue
+            await self._sleep(self.delivery.poll_interval_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _deliver(self, message: Claimed) -> None:
+        try:
+            finish = await self.router.deliver(message, owner=self.id)
+            await self._store_finish(finish)
+        except Exception:
+            # A bug, not a provider or store problem: keep the worker alive; the
+            # lease runs out and another round will try again.
+            log.exception("worker %s: message %s: delivery round crashed", self.id, message.id)
+        finally:
+            del self._inflight[message.id]
+            self._wake.set()
+
+    async def _store_finish(self, finish: Finish) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.store.finish(finish)
+                return
+            except StoreUnavailable as exc:
+                log.warning(
+                    "worker %s: message %s: cannot store the round's end (%s); retrying",
+                    self.id,
+                    finish.message_id,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(_MAX_STORE_BACKOFF, delay * 2)
+
+    async def _keep_leases(self) -> None:
+        await self.store.heartbeat(self.id, "worker", self._started_at)
+        ids = list(self._inflight)
+        if ids:
+            await self.store.extend_leases(self.id, ids, lease_seconds=self.delivery.lease_seconds)
+
+    async def _reclaim(self) -> None:
+        reclaimed = await self.store.reclaim_expired()
+        if reclaimed:
+            self.metrics.reclaimed.inc(len(reclaimed))
+            log.warning(
+                "worker %s: %d messages had lost their worker mid-send and are queued again: %s",
+                self.id,
+                len(reclaimed),
+                ", ".join(reclaimed[:10]),
+            )
+            self._wake.set()
+
+    async def _refresh(self) -> None:
+        await self.pool.refresh()
+
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self._guarded(job)
+
+    async def _guarded(self, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except StoreUnavailable as exc:
+            log.warning("worker %s: %s: %s", self.id, job.__name__, exc)
+        except Exception:
+            log.exception("worker %s: %s failed", self.id, job.__name__)

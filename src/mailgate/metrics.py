@@ -1,0 +1,91 @@
+"""Every metric mailgate exports, defined once.
+
+Names follow the Prometheus naming guide (`mailgate_` prefix, `_total` for
+counters, `_seconds` for durations). Labels are `provider`, `outcome` and
+`status`: never addresses or message ids. Each process (and each test) gets
+its own registry, so nothing is global.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.accepted = Counter(
+            "mailgate_messages_accepted_total",
+            "Messages accepted (committed) by the API.",
+            registry=r,
+        )
+        self.accept_seconds = Histogram(
+            "mailgate_accept_duration_seconds",
+            "Time from a send request's arrival to its durable commit.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sent = Counter(
+            "mailgate_messages_sent_total", "Messages a provider took.", ["provider"], registry=r
+        )
+        self.failed = Counter(
+            "mailgate_messages_failed_total",
+            "Messages that ended failed: `permanent` (rejected) or `expired` (gave up).",
+            ["outcome"],
+            registry=r,
+        )
+        self.deferred = Counter(
+            "mailgate_messages_deferred_total",
+            "Delivery rounds where every provider failed and the message was queued again.",
+            registry=r,
+        )
+        self.reclaimed = Counter(
+            "mailgate_messages_reclaimed_total",
+            "Messages queued again because their worker lost its lease mid-send.",
+            registry=r,
+        )
+        self.failovers = Counter(
+            "mailgate_failovers_total",
+            "Times a message moved on from this provider to the next in the same round.",
+            ["provider"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "mailgate_provider_attempts_total",
+            "Provider calls by how they ended.",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.send_seconds = Histogram(
+            "mailgate_send_duration_seconds",
+            "Duration of one provider call.",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "mailgate_breaker_transitions_total",
+            "Circuit breaker changes by the state entered.",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "mailgate_provider_breaker_open",
+            "1 while this process sees the provider's breaker open or half-open.",
+            ["provider"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "mailgate_queue_depth",
+            "Messages waiting by status (queued, scheduled, sending), read at scrape time.",
+            ["status"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,233 @@
+"""The provider contract, and the HTTP plumbing every HTTP provider shares.
+
+A provider module only maps a message to one request (`build_request`) and
+a successful response to a result (`parse_success`); it may refine how error
+responses are classified (`classify_error`). Everything else lives here: the
+pooled aiohttp session, the timeout, simulated failures for drills, and the
+translation of transport failures into `ProviderError` subclasses. Nothing
+from aiohttp leaves this package. Retries, failover, breakers, storage and
+metrics belong to `mailgate.delivery`, never to a provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import aiohttp
+
+from mailgate.errors import (
+    MessageRejected,
+    ProviderAuthError,
+    ProviderError,
+    ProviderThrottled,
+    ProviderUnavailable,
+)
+from mailgate.message import Email
+
+MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+class SimulatedFailure(StrEnum):
+    """A drill switched on by an operator: the provider fails as if for real."""
+
+    OFF = "off"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """The provider took the message; its id for it, when it gave one."""
+
+    provider_message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    json: Any = None
+    form: aiohttp.FormData | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """A response header, whatever its case."""
+        return _header(self.headers, name)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+class Provider(ABC):
+    """One configured provider: `send` hands it one message.
+
+    `name` is the configured name (used in logs, metrics and URLs); `type`
+    is the kind of provider (`sendgrid`, `mailgun`, ...).
+    """
+
+    type: ClassVar[str]
+
+    def __init__(self, name: str, *, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.simulated_failure = SimulatedFailure.OFF
+
+    @abstractmethod
+    async def send(self, message_id: str, email: Email) -> SendResult:
+        """Send `email`, passing `message_id` along so the provider's records name it.
+
+        Returns the provider's id for the message. Raises only `ProviderError`
+        subclasses: `ProviderUnavailable` (timeout, connection, 5xx; with
+        `ambiguous` set when the provider may have taken it),
+        `ProviderThrottled` (429), `ProviderAuthError` (401/403) or
+        `MessageRejected` (the message itself is bad).
+        """
+
+    async def close(self) -> None:  # noqa: B027 - optional for providers without connections
+        """Release connections. The provider may be used again afterwards."""
+
+
+class HttpProvider(Provider):
+    """A provider reached over HTTPS with one pooled aiohttp session."""
+
+    def __init__(
+        self, name: str, *, timeout: float, base_url: str, max_connections: int = 100
+    ) -> None:
+        super().__init__(name, timeout=timeout)
+        self.base_url = base_url.rstrip("/")
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    @abstractmethod
+    def build_request(self, message_id: str, email: Email) -> HttpRequest:
+        """The one HTTP request that sends `email`."""
+
+    @abstractmethod
+    def parse_success(self, response: HttpResponse) -> SendResult:
+        """Read the provider's id from a 2xx response.
+
+        May raise a `ProviderError` when a 2xx is not really a success.
+        """
+
+    def classify_error(self, response: HttpResponse) -> ProviderError:
+        """Map an error response to the outcome table in DESIGN.md.
+
+        Providers override this for codes of their own and call it for the rest.
+        """
+        status, detail = response.status, self.describe_error(response)
+        if status == 429:
+            return ProviderThrottled(
+                self.name, detail, retry_after=parse_retry_after(response.headers)
+            )
+        if status in (401, 403):
+            return ProviderAuthError(self.name, detail, status_code=status)
+        if status in (400, 413, 422):
+            return MessageRejected(self.name, detail, status_code=status)
+        # 500 and 504 may come after the provider queued the message; 502 and
+        # 503 come from a front proxy that most likely never passed it on.
+        return ProviderUnavailable(
+            self.name, detail, status_code=status, ambiguous=status in (500, 504)
+        )
+
+    def describe_error(self, response: HttpResponse) -> str:
+        """A short human description of an error response (never credentials)."""
+        return response.text or f"HTTP {response.status}"
+
+    async def send(self, message_id: str, email: Email) -> SendResult:
+        request = self.build_request(message_id, email)
+        response = await self._perform(request)
+        if response.status >= 300:
+            raise self.classify_error(response)
+        return self.parse_success(response)
+
+    async def _perform(self, request: HttpRequest) -> HttpResponse:
+        if self.simulated_failure is SimulatedFailure.ERROR:
+            return HttpResponse(503, {}, b"simulated failure (drill): service unavailable")
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout):
+                if self.simulated_failure is SimulatedFailure.TIMEOUT:
+                    await asyncio.Event().wait()  # hangs like a provider that never answers
+                session = self._get_session()
+                async with session.request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    json=request.json,
+                    data=request.form,
+                ) as resp:
+                    body = await resp.read()
+                    return HttpResponse(resp.status, dict(resp.headers), body)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise ProviderUnavailable(self.name, f"cannot connect: {exc}") from exc
+        except TimeoutError as exc:
+            waited = time.monotonic() - started
+            raise ProviderUnavailable(
+                self.name, f"no answer within {waited:.1f}s", ambiguous=True
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderUnavailable(
+                self.name, f"connection failed mid-request: {exc!r}", ambiguous=True
+            ) from exc
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.timeout, 5.0)),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP-date), capped."""
+    value = _header(headers, "Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    lowered = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lowered:
+            return value
+    return None

@@ -1,0 +1,222 @@
+"""Running mailgate: `mailgate serve` (API, and a worker unless told not to) and `mailgate worker`.
+
+With no providers configured, `serve` starts two simulated providers in the
+same process: a fake SendGrid and a fake Mailgun speaking their real wire
+formats on loopback, so the whole flow works out of the box and nothing
+leaves the machine.
+
+Shutdown on SIGTERM/SIGINT goes in order, so nothing accepted is lost and
+nothing in flight is cut: stop taking HTTP requests (those in progress
+finish and commit), stop claiming and let in-flight sends finish and be
+recorded, flush the store, then stop the simulated providers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from mailgate.api import create_app
+from mailgate.config import MailgunSettings, ProviderSettings, SendGridSettings, Settings
+from mailgate.delivery import ProviderPool, Worker
+from mailgate.errors import ConfigError
+from mailgate.metrics import Metrics
+from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
+from mailgate.serving import serve_asgi
+from mailgate.store import Store
+from mailgate.store.engine import sqlite_path
+
+log = logging.getLogger("mailgate")
+
+SIMULATED_DOMAIN = "sandbox.mailgate.invalid"
+
+
+def simulated_providers(sendgrid_url: str, mailgun_url: str, key: str) -> list[ProviderSettings]:
+    """The two providers `serve` simulates when none are configured."""
+    return [
+        SendGridSettings(
+            name="sendgrid", type="sendgrid", api_key=key, base_url=sendgrid_url, priority=1
+        ),
+        MailgunSettings(
+            name="mailgun",
+            type="mailgun",
+            api_key=key,
+            domain=SIMULATED_DOMAIN,
+            base_url=mailgun_url,
+            priority=2,
+        ),
+    ]
+
+
+def effective_settings(settings: Settings) -> Settings:
+    """The settings as a process that did not start the simulation sees them (the CLI)."""
+    if not settings.simulated:
+        return settings
+    placeholder = "http://simulated.invalid"
+    return settings.model_copy(
+        update={"providers": simulated_providers(placeholder, placeholder, "simulated")}
+    )
+
+
+@dataclass
+class Simulation:
+    sendgrid: FakeSendGrid
+    mailgun: FakeMailgun
+    settings: Settings
+
+
+@contextlib.asynccontextmanager
+async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
+    """Start the fake SendGrid and Mailgun and point the settings at them."""
+    key = secrets.token_urlsafe(24)
+    sendgrid = FakeSendGrid(key, keep=1000)
+    mailgun = FakeMailgun(key, SIMULATED_DOMAIN, keep=1000)
+    async with serve_asgi(sendgrid.app()) as sg, serve_asgi(mailgun.app()) as mg:
+        simulated = settings.model_copy(
+            update={"providers": simulated_providers(sg.url, mg.url, key)}
+        )
+        yield Simulation(sendgrid=sendgrid, mailgun=mailgun, settings=simulated)
+
+
+async def open_store(settings: Settings) -> Store:
+    store = Store(settings.database)
+    if settings.database.auto_migrate:
+        try:
+            await store.migrate()
+        except BaseException:
+            await store.close()
+            raise
+    return store
+
+
+async def bootstrap_key(store: Store, settings: Settings) -> tuple[str | None, str]:
+    """A key to print at start: a new one when there are none, or the saved bootstrap key.
+
+    With SQLite the bootstrap key is also written (mode 0600) beside the
+    database, so a restart can print it again.
+    """
+    path = sqlite_path(settings.database.url)
+    saved = path.parent / "bootstrap-key" if path is not None else None
+    if not await store.list_keys():
+        _, secret = await store.create_key("bootstrap", tenant_id="default")
+        if saved is not None:
+            saved.touch(mode=0o600)
+            saved.write_text(secret + "\n")
+            return secret, f"new key, also saved in {saved}"
+        return secret, "new key, shown once"
+    if saved is not None and saved.exists():
+        secret = saved.read_text().strip()
+        if await store.find_key(secret) is not None:
+            return secret, f"from {saved}"
+    return None, "create one with `mailgate keys create --name NAME`"
+
+
+def _install_stop(stop: asyncio.Event) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def remove() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return remove
+
+
+async def serve(
+    settings: Settings,
+    *,
+    worker: bool = True,
+    announce: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the API (and a worker) until SIGTERM/SIGINT or `stop` is set."""
+    stop = stop or asyncio.Event()
+    remove_handlers = _install_stop(stop)
+    metrics = Metrics()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.simulated:
+                sim = await stack.enter_async_context(simulation(settings))
+                settings = sim.settings
+                announce(
+                    "No providers configured: simulating SendGrid and Mailgun on loopback "
+                    f"({settings.providers[0].base_url}, "
+                    f"{settings.providers[1].base_url}); nothing leaves this machine."
+                )
+            store = await open_store(settings)
+            stack.push_async_callback(store.close)
+            pool: ProviderPool | None = None
+            runner: Worker | None = None
+            if worker:
+                pool = ProviderPool(settings, store, metrics)
+                stack.push_async_callback(pool.close)
+                runner = Worker(settings, store, pool, metrics)
+            app = create_app(
+                settings, store, metrics, on_provider_change=pool.refresh if pool else None
+            )
+            secret, origin = await bootstrap_key(store, settings)
+            server = await stack.enter_async_context(
+                serve_asgi(app, host=settings.server.host, port=settings.server.port)
+            )
+            announce(f"mailgate is listening on {server.url} (database {settings.database.url})")
+            announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
+            if runner is None:
+                announce(
+                    "No worker in this process (--no-worker): run `mailgate worker` to deliver."
+                )
+            worker_task = asyncio.create_task(runner.run()) if runner else None
+            stopped = asyncio.create_task(stop.wait())
+            waiting = {stopped, *([worker_task] if worker_task else [])}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            log.info("shutting down")
+            server.stop()
+            if runner is not None and worker_task is not None:
+                runner.stop()
+                await worker_task  # raises if the worker crashed
+            stopped.cancel()
+    finally:
+        remove_handlers()
+
+
+async def work(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run a worker alone until SIGTERM/SIGINT or `stop` is set."""
+    if settings.simulated:
+        raise ConfigError(
+            "no providers configured: a separate worker needs [[providers]] in the config "
+            "(the simulated providers run only inside `mailgate serve`)"
+        )
+    stop = stop or asyncio.Event()
+    remove_handlers = _install_stop(stop)
+    metrics = Metrics()
+    try:
+        store = await open_store(settings)
+        pool = ProviderPool(settings, store, metrics)
+        runner = Worker(settings, store, pool, metrics)
+        try:
+            task = asyncio.create_task(runner.run())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            runner.stop()
+            await task
+            stopped.cancel()
+        finally:
+            await pool.close()
+            await store.close()
+    finally:
+        remove_handlers()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    # uvicorn's own start/stop lines repeat what `serve` announces.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

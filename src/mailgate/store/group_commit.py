@@ -1,0 +1,131 @@
+"""Group commit: many concurrent writes, one transaction, one fsync.
+
+A durable commit costs one fsync (about 0.2 ms on this machine's disk, so
+near 5,000 commits/s at best). Callers `submit` an item and wait; one task
+takes everything submitted so far, writes it in one transaction and answers
+every caller only after that commit. While it commits, the next group
+gathers, so batches grow exactly as fast as load does and a lone request
+waits for nobody.
+
+A `flush` may answer one item with an exception (say, an idempotency key
+reused with another body) without failing the others. If the transaction
+itself fails with an integrity error (a race with another process), the
+items are retried one by one so one bad item cannot sink its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mailgate.errors import StoreUnavailable
+from mailgate.store.engine import Database
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Flush = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R | Exception]]]
+
+
+class GroupCommit(Generic[T, R]):
+    def __init__(
+        self,
+        database: Database,
+        flush: Flush[T, R],
+        *,
+        name: str,
+        max_batch: int = 1000,
+        after_commit: Callable[[Sequence[T]], None] | None = None,
+    ) -> None:
+        self._database = database
+        self._flush = flush
+        self._name = name
+        self._max_batch = max_batch
+        self._after_commit = after_commit
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, item: T) -> R:
+        """Write `item` with whatever else is waiting; return once it is committed."""
+        return await self._enqueue([item])[0]
+
+    async def submit_many(self, items: Sequence[T]) -> list[R | Exception]:
+        """Like `submit` for each item; an item's error is returned in its place."""
+        futures = self._enqueue(items)
+        return list(await asyncio.gather(*futures, return_exceptions=True))  # type: ignore[arg-type]
+
+    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
+        if self._closed:
+            raise StoreUnavailable(f"{self._name}: store is shutting down")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures, strict=True))
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name=f"group-commit-{self._name}")
+        self._wakeup.set()
+        return futures
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit(batch)
+            if self._closed:
+                return
+
+    async def _commit(
+        self, batch: list[tuple[T, asyncio.Future[R]]], *, alone: bool = False
+    ) -> None:
+        items = [item for item, _ in batch]
+        try:
+            async with self._database.write() as conn:
+                results = await self._flush(conn, items)
+        except IntegrityError as exc:
+            if len(batch) > 1:
+                for one in batch:
+                    await self._commit([one])
+            elif not alone:
+                await self._commit(batch, alone=True)  # a lost race: the retry sees the winner
+            else:
+                _fail(batch, StoreUnavailable(f"{self._name}: integrity error: {exc.orig}"))
+            return
+        except Exception as exc:
+            if not isinstance(exc, StoreUnavailable):
+                log.exception("%s: write failed", self._name)
+            _fail(batch, exc)
+            return
+        if self._after_commit is not None:
+            self._after_commit(items)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # the caller went away; the write stands
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def close(self) -> None:
+        """Write what is pending, then stop taking items."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+
+def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], exc: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

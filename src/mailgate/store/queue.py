@@ -1,0 +1,370 @@
+"""All queue SQL: one function per statement group, each run inside a transaction
+the caller holds (`Database.write()`).
+
+SQLite and PostgreSQL differ only here: PostgreSQL claims with
+`FOR UPDATE SKIP LOCKED` (SQLAlchemy renders nothing for it on SQLite, where
+the writer already holds the database's only write lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mailgate.message import Email, EventType, Outcome, Status, rfc3339
+from mailgate.store.records import Accepted, Claimed, Finish, NewMessage
+from mailgate.store.tables import (
+    attempts,
+    events,
+    message_bodies,
+    message_recipients,
+    message_tags,
+    messages,
+)
+
+_DUE = (Status.QUEUED, Status.SCHEDULED)
+
+
+def split_email(email: Email) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The envelope (kept on the queue row) and the body (kept apart) of an email."""
+    data = email.to_json()
+    body = {k: data.pop(k) for k in ("text", "html", "headers", "attachments")}
+    return data, body
+
+
+def join_email(envelope: dict[str, Any], body: dict[str, Any]) -> Email:
+    return Email.from_json({**envelope, **body})
+
+
+async def find_idempotent(
+    conn: AsyncConnection, tenant_id: str, keys: Iterable[str]
+) -> dict[str, tuple[str, str, str]]:
+    """Messages already accepted under these keys: key -> (id, status, request_hash)."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(
+            messages.c.idempotency_key, messages.c.id, messages.c.status, messages.c.request_hash
+        ).where(messages.c.tenant_id == tenant_id, messages.c.idempotency_key.in_(keys))
+    )
+    return {r.idempotency_key: (r.id, r.status, r.request_hash or "") for r in rows}
+
+
+async def enqueue(conn: AsyncConnection, items: Sequence[NewMessage]) -> list[Accepted]:
+    """Insert new messages with their bodies, recipients, tags and first event."""
+    if not items:
+        return []
+    message_rows: list[dict[str, Any]] = []
+    body_rows: list[dict[str, Any]] = []
+    recipient_rows: list[dict[str, Any]] = []
+    tag_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    for item in items:
+        envelope, body = split_email(item.email)
+        start = item.send_at if item.send_at is not None else item.created_at
+        message_rows.append(
+            {
+                "id": item.id,
+                "tenant_id": item.tenant_id,
+                "status": item.status.value,
+                "envelope": envelope,
+                "send_at": item.send_at,
+                "next_attempt_at": start,
+                "window_start": start,
+                "rounds": 0,
+                "forced_provider": item.forced_provider,
+                "idempotency_key": item.idempotency_key,
+                "request_hash": item.request_hash,
+                "created_at": item.created_at,
+                "updated_at": item.created_at,
+            }
+        )
+        body_rows.append({"message_id": item.id, "body": body})
+        emails = {a.email.lower() for a in (*item.email.to, *item.email.cc, *item.email.bcc)}
+        recipient_rows.extend({"message_id": item.id, "email": e} for e in emails)
+        tag_rows.extend({"message_id": item.id, "tag": t} for t in set(item.email.tags))
+        detail: dict[str, Any] = {}
+        if item.send_at is not None:
+            detail["send_at"] = rfc3339(item.send_at)
+        if item.forced_provider:
+            detail["provider"] = item.forced_provider
+        event_rows.append(
+            {
+                "message_id": item.id,
+                "type": EventType.SCHEDULED if item.send_at is not None else EventType.ACCEPTED,
+                "at": item.created_at,
+                "detail": detail,
+            }
+        )
+    await conn.execute(insert(messages), message_rows)
+    await conn.execute(insert(message_bodies), body_rows)
+    if recipient_rows:
+        await conn.execute(insert(message_recipients), recipient_rows)
+    if tag_rows:
+        await conn.execute(insert(message_tags), tag_rows)
+    await conn.execute(insert(events), event_rows)
+    return [Accepted(id=item.id, status=item.status, created=True) for item in items]
+
+
+async def claim(
+    conn: AsyncConnection, *, owner: str, now: datetime, lease_until: datetime, limit: int
+) -> list[Claimed]:
+    """Lease up to `limit` due messages, oldest due first, and read their content."""
+    due = (
+        select(messages.c.id)
+        .where(messages.c.status.in_(_DUE), messages.c.next_attempt_at <= now)
+        .order_by(messages.c.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = (
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(due))
+            .values(
+                status=Status.SENDING, lease_owner=owner, lease_until=lease_until, updated_at=now
+            )
+            .returning(
+                messages.c.id,
+                messages.c.envelope,
+                messages.c.window_start,
+                messages.c.rounds,
+                messages.c.forced_provider,
+            )
+        )
+    ).all()
+    if not rows:
+        return []
+    body_rows = await conn.execute(
+        select(message_bodies.c.message_id, message_bodies.c.body).where(
+            message_bodies.c.message_id.in_([r.id for r in rows])
+        )
+    )
+    bodies = {r.message_id: r.body for r in body_rows}
+    return [
+        Claimed(
+            id=r.id,
+            email=join_email(r.envelope, bodies[r.id]),
+            window_start=r.window_start,
+            rounds=r.rounds,
+            forced_provider=r.forced_provider,
+        )
+        for r in rows
+    ]
+
+
+async def extend_leases(
+    conn: AsyncConnection, *, owner: str, ids: Sequence[str], lease_until: datetime
+) -> int:
+    """Push the lease of messages this worker still holds; returns how many it still held."""
+    if not ids:
+        return 0
+    result = await conn.execute(
+        update(messages)
+        .where(
+            messages.c.id.in_(ids),
+            messages.c.status == Status.SENDING,
+            messages.c.lease_owner == owner,
+        )
+        .values(lease_until=lease_until)
+    )
+    return result.rowcount
+
+
+async def release(conn: AsyncConnection, *, owner: str, ids: Sequence[str], now: datetime) -> None:
+    """Hand back messages claimed but never sent (a worker stopping cleanly)."""
+    if not ids:
+        return
+    await conn.execute(
+        update(messages)
+        .where(
+            messages.c.id.in_(ids),
+            messages.c.status == Status.SENDING,
+            messages.c.lease_owner == owner,
+        )
+        .values(
+            status=Status.QUEUED,
+            lease_owner=None,
+            lease_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+
+
+async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 1000) -> list[str]:
+    """Queue again messages whose worker lost its lease mid-send (it died or hung).
+
+    The lost try may have reached a provider, so it is recorded as an
+    `ambiguous` attempt and a `reclaimed` event naming the old owner: a
+    resulting double send is visible in the message's history.
+    """
+    rows = (
+        await conn.execute(
+            select(messages.c.id, messages.c.lease_owner, messages.c.lease_until)
+            .where(messages.c.status == Status.SENDING, messages.c.lease_until < now)
+            .order_by(messages.c.lease_until)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id.in_(ids), messages.c.status == Status.SENDING)
+        .values(
+            status=Status.QUEUED,
+            lease_owner=None,
+            lease_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+    await conn.execute(
+        insert(attempts),
+        [
+            {
+                "message_id": r.id,
+                "provider": None,
+                "started_at": r.lease_until,
+                "duration_ms": 0,
+                "outcome": Outcome.AMBIGUOUS,
+                "status_code": None,
+                "error": f"worker {r.lease_owner} lost its lease mid-send; "
+                "a provider may have taken the message",
+            }
+            for r in rows
+        ],
+    )
+    await conn.execute(
+        insert(events),
+        [
+            {
+                "message_id": r.id,
+                "type": EventType.RECLAIMED,
+                "at": now,
+                "detail": {"worker": r.lease_owner},
+            }
+            for r in rows
+        ],
+    )
+    return ids
+
+
+async def finish(conn: AsyncConnection, items: Sequence[Finish], *, now: datetime) -> None:
+    """Record how delivery rounds ended: status, attempts and events, in one go.
+
+    The status changes only while the finishing worker still holds the lease;
+    the attempts and events are kept either way, because they happened.
+    """
+    if not items:
+        return
+    await conn.execute(
+        update(messages)
+        .where(
+            and_(
+                messages.c.id == bindparam("b_id"),
+                messages.c.status == Status.SENDING,
+                messages.c.lease_owner == bindparam("b_owner"),
+            )
+        )
+        .values(
+            status=bindparam("b_status"),
+            rounds=bindparam("b_rounds"),
+            provider=func.coalesce(bindparam("b_provider"), messages.c.provider),
+            provider_message_id=bindparam("b_provider_message_id"),
+            last_error=bindparam("b_last_error"),
+            next_attempt_at=bindparam("b_next", type_=messages.c.next_attempt_at.type),
+            lease_owner=None,
+            lease_until=None,
+            updated_at=now,
+        ),
+        [
+            {
+                "b_id": f.message_id,
+                "b_owner": f.lease_owner,
+                "b_status": f.status.value,
+                "b_rounds": f.rounds,
+                "b_provider": f.provider,
+                "b_provider_message_id": f.provider_message_id,
+                "b_last_error": f.last_error,
+                "b_next": f.next_attempt_at or now,
+            }
+            for f in items
+        ],
+    )
+    attempt_rows = [
+        {
+            "message_id": f.message_id,
+            "provider": a.provider,
+            "started_at": a.started_at,
+            "duration_ms": a.duration_ms,
+            "outcome": a.outcome.value,
+            "status_code": a.status_code,
+            "error": a.error,
+        }
+        for f in items
+        for a in f.attempts
+    ]
+    if attempt_rows:
+        await conn.execute(insert(attempts), attempt_rows)
+    event_rows = [
+        {"message_id": f.message_id, "type": e.type.value, "at": e.at, "detail": dict(e.detail)}
+        for f in items
+        for e in f.events
+    ]
+    if event_rows:
+        await conn.execute(insert(events), event_rows)
+
+
+async def cancel(conn: AsyncConnection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+    """Cancel a queued or scheduled message; False when it is in another status."""
+    result = await conn.execute(
+        update(messages)
+        .where(
+            messages.c.id == message_id,
+            messages.c.tenant_id == tenant_id,
+            messages.c.status.in_(_DUE),
+        )
+        .values(status=Status.CANCELLED, updated_at=now)
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(
+        insert(events).values(message_id=message_id, type=EventType.CANCELLED, at=now, detail={})
+    )
+    return True
+
+
+async def retry(conn: AsyncConnection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+    """Put a failed message back in the queue with a fresh age window."""
+    result = await conn.execute(
+        update(messages)
+        .where(
+            messages.c.id == message_id,
+            messages.c.tenant_id == tenant_id,
+            messages.c.status == Status.FAILED,
+        )
+        .values(
+            status=Status.QUEUED,
+            next_attempt_at=now,
+            window_start=now,
+            rounds=0,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+    if result.rowcount != 1:
+        return False
+    await conn.execute(
+        insert(events).values(message_id=message_id, type=EventType.RETRIED, at=now, detail={})
+    )
+    return True

@@ -1,0 +1,212 @@
+"""The tables. The `messages` table is the queue (DESIGN.md, "The database is the queue").
+
+Message headers and addresses (`envelope`) stay on the queue row so listing
+never reads bodies; text, html, custom headers and attachments live in
+`message_bodies` and are read only when a worker sends. Every row carries a
+`tenant_id` (one tenant, `default`, until tenants exist).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+DEFAULT_TENANT = "default"
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """An aware UTC datetime on every engine.
+
+    PostgreSQL keeps `timestamptz`; SQLite keeps SQLAlchemy's fixed-width text
+    form of the naive UTC time, which sorts and compares chronologically.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a Timestamp column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _json() -> JSON:
+    return JSON(none_as_null=True)
+
+
+_QUEUED = "status IN ('queued', 'scheduled')"
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, server_default=DEFAULT_TENANT),
+    Column("status", String(16), nullable=False),
+    Column("envelope", _json(), nullable=False),
+    Column("send_at", Timestamp(), nullable=True),
+    Column("next_attempt_at", Timestamp(), nullable=False),
+    Column("window_start", Timestamp(), nullable=False),
+    Column("rounds", Integer, nullable=False, server_default=text("0")),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", Timestamp(), nullable=True),
+    Column("forced_provider", String(64), nullable=True),
+    Column("provider", String(64), nullable=True),
+    Column("provider_message_id", String(255), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("updated_at", Timestamp(), nullable=False),
+    Index(
+        "ix_messages_due",
+        "next_attempt_at",
+        sqlite_where=text(_QUEUED),
+        postgresql_where=text(_QUEUED),
+    ),
+    Index(
+        "ix_messages_lease",
+        "lease_until",
+        sqlite_where=text("status = 'sending'"),
+        postgresql_where=text("status = 'sending'"),
+    ),
+    Index(
+        "uq_messages_idempotency",
+        "tenant_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+    Index("ix_messages_tenant_id_status_id", "tenant_id", "status", "id"),
+)
+
+message_bodies = Table(
+    "message_bodies",
+    metadata,
+    Column(
+        "message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("body", _json(), nullable=False),
+)
+
+message_recipients = Table(
+    "message_recipients",
+    metadata,
+    Column(
+        "message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("email", String(320), primary_key=True),
+    Index("ix_message_recipients_email_message_id", "email", "message_id"),
+)
+
+message_tags = Table(
+    "message_tags",
+    metadata,
+    Column(
+        "message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("tag", String(128), primary_key=True),
+    Index("ix_message_tags_tag_message_id", "tag", "message_id"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("provider", String(64), nullable=True),
+    Column("started_at", Timestamp(), nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_attempts_message_id", "message_id"),
+    Index("ix_attempts_provider_started_at", "provider", "started_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("at", Timestamp(), nullable=False),
+    Column("detail", _json(), nullable=False),
+    Index("ix_events_message_id", "message_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False, server_default=DEFAULT_TENANT),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("revoked_at", Timestamp(), nullable=True),
+)
+
+provider_state = Table(
+    "provider_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("enabled", Boolean, nullable=True),
+    Column("simulated_failure", String(16), nullable=False, server_default="off"),
+    Column("breaker_state", String(16), nullable=False, server_default="closed"),
+    Column("breaker_changed_at", Timestamp(), nullable=True),
+    Column("paused_until", Timestamp(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", Timestamp(), nullable=True),
+    Column("updated_at", Timestamp(), nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Timestamp(), nullable=False),
+    Column("seen_at", Timestamp(), nullable=False),
+)

@@ -1,0 +1,177 @@
+"""Reading, listing, cancelling and retrying messages; providers; health and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import httpx
+import pytest
+
+from mailgate.api.schemas import MessageList, MessageOut, ProviderList, ProviderOut
+from mailgate.config import Settings
+from mailgate.message import Status, new_id
+from mailgate.store import Finish, Store
+from mailgate.store.engine import sqlite_path
+from tests.helpers import message
+
+
+async def send(client: httpx.AsyncClient, **fields: object) -> str:
+    response = await client.post("/v1/messages", json=message(**fields))
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def test_unknown_and_malformed_ids(client: httpx.AsyncClient) -> None:
+    missing = await client.get(f"/v1/messages/{new_id('msg')}")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    malformed = await client.get("/v1/messages/not-an-id")
+    assert malformed.status_code == 400 and malformed.json()["error"]["field"] == "id"
+
+
+async def test_list_filters_and_pages(client: httpx.AsyncClient) -> None:
+    ids = []
+    for i in range(5):
+        ids.append(
+            await send(client, tags=["even" if i % 2 == 0 else "odd"], to=f"user{i}@example.org")
+        )
+        await asyncio.sleep(0.002)
+    page = (await client.get("/v1/messages", params={"limit": 2})).json()
+    MessageList.model_validate(page)
+    assert [m["id"] for m in page["data"]] == ids[::-1][:2]
+    assert "attempts" not in page["data"][0]
+    rest = (
+        await client.get("/v1/messages", params={"limit": 10, "cursor": page["next_cursor"]})
+    ).json()
+    assert [m["id"] for m in rest["data"]] == ids[::-1][2:] and rest["next_cursor"] is None
+    even = (await client.get("/v1/messages", params={"tag": "even"})).json()
+    assert [m["id"] for m in even["data"]] == [ids[4], ids[2], ids[0]]
+    to = (await client.get("/v1/messages", params={"to": "USER3@example.org"})).json()
+    assert [m["id"] for m in to["data"]] == [ids[3]]
+    queued = (await client.get("/v1/messages", params={"status": "queued"})).json()
+    assert len(queued["data"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"status": "lost"}, "status"),
+        ({"cursor": "x"}, "cursor"),
+    ],
+)
+async def test_list_refuses_bad_parameters(
+    client: httpx.AsyncClient, params: dict[str, str | int], field: str
+) -> None:
+    response = await client.get("/v1/messages", params=params)
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == field
+
+
+async def test_cancel(client: httpx.AsyncClient) -> None:
+    message_id = await send(client)
+    response = await client.post(f"/v1/messages/{message_id}/cancel")
+    assert response.status_code == 200
+    body = response.json()
+    MessageOut.model_validate(body)
+    assert body["status"] == "cancelled" and body["events"][-1]["type"] == "cancelled"
+    again = await client.post(f"/v1/messages/{message_id}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"] == {
+        "code": "conflict",
+        "message": "message is cancelled; only queued or scheduled messages can be cancelled",
+        "field": "status",
+    }
+    assert (await client.post(f"/v1/messages/{new_id('msg')}/cancel")).status_code == 404
+
+
+async def test_retry_a_failed_message(client: httpx.AsyncClient, store: Store) -> None:
+    message_id = await send(client)
+    assert (await client.post(f"/v1/messages/{message_id}/retry")).status_code == 409
+    await store.claim("w", limit=1, lease_seconds=30)
+    await store.finish(
+        Finish(
+            message_id=message_id,
+            lease_owner="w",
+            status=Status.FAILED,
+            rounds=1,
+            last_error="boom",
+        )
+    )
+    failed = (await client.get(f"/v1/messages/{message_id}")).json()
+    assert failed["status"] == "failed" and failed["last_error"] == "boom"
+    response = await client.post(f"/v1/messages/{message_id}/retry")
+    assert response.status_code == 200
+    assert (
+        response.json()["status"] == "queued" and response.json()["events"][-1]["type"] == "retried"
+    )
+
+
+async def test_providers_list_and_switches(client: httpx.AsyncClient, settings: Settings) -> None:
+    listed = (await client.get("/v1/providers")).json()
+    ProviderList.model_validate(listed)
+    assert [(p["name"], p["type"], p["enabled"]) for p in listed["data"]] == [
+        ("primary", "sendgrid", True),
+        ("backup", "mailgun", True),
+    ]
+    first = listed["data"][0]
+    assert first["breaker"]["state"] == "closed" and first["success_rate"] is None
+    assert first["simulated_failure"] == "off"
+
+    disabled = await client.post("/v1/providers/primary/disable")
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+    ProviderOut.model_validate(disabled.json())
+    enabled = await client.post("/v1/providers/primary/enable")
+    assert enabled.json()["enabled"] is True
+
+    drill = await client.post("/v1/providers/backup/simulate-failure", json={"mode": "timeout"})
+    assert drill.json()["simulated_failure"] == "timeout"
+    bad = await client.post("/v1/providers/backup/simulate-failure", json={"mode": "chaos"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "mode"
+    unknown = await client.post("/v1/providers/nope/disable")
+    assert unknown.status_code == 404 and unknown.json()["error"]["field"] == "name"
+    assert (await client.get("/v1/providers/backup")).json()["simulated_failure"] == "timeout"
+
+
+async def test_health_and_metrics_need_no_key(client: httpx.AsyncClient) -> None:
+    await send(client)
+    client.headers.pop("Authorization")
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    metrics = (await client.get("/metrics")).text
+    assert "mailgate_messages_accepted_total 1.0" in metrics
+    assert 'mailgate_queue_depth{status="queued"} 1.0' in metrics
+    assert "mailgate_accept_duration_seconds_bucket" in metrics
+    assert (await client.get("/v1/messages")).status_code == 401
+
+
+async def test_unknown_routes_answer_json(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v2/nothing")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    response = await client.delete("/v1/messages")
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_store_that_cannot_commit_answers_503(
+    client: httpx.AsyncClient, store: Store, settings: Settings
+) -> None:
+    path = sqlite_path(settings.database.url)
+    if path is None:
+        pytest.skip("holding the database lock from outside is a SQLite drill")
+    before = await send(client)
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        response = await client.post("/v1/messages", json=message(subject="during the outage"))
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"] == "1"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    listed = (await client.get("/v1/messages")).json()["data"]
+    assert [m["id"] for m in listed] == [before]
+    assert (await client.get("/readyz")).status_code == 200

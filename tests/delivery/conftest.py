@@ -1,0 +1,110 @@
+"""A real worker delivering from a real store to the fake providers over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from mailgate.config import Settings
+from mailgate.delivery import ProviderPool, Worker
+from mailgate.message import Address, Email, new_id
+from mailgate.metrics import Metrics
+from mailgate.store import MessageView, NewMessage, Store, utcnow
+from tests.helpers import Fakes, eventually, make_settings
+
+DONE = ("sent", "failed", "cancelled")
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    pool: ProviderPool
+    worker: Worker
+    fakes: Fakes
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.worker.stop()
+            await self.task
+            self.task = None
+
+    async def send(
+        self, *, provider: str | None = None, send_at: datetime | None = None, **fields: Any
+    ) -> str:
+        values: dict[str, Any] = {
+            "sender": Address("ada@example.com", "Ada"),
+            "to": (Address("bob@example.org"),),
+            "subject": "Hello",
+            "text": "Hi",
+        }
+        values.update(fields)
+        item = NewMessage(
+            id=new_id("msg"),
+            tenant_id="default",
+            email=Email(**values),
+            created_at=utcnow(),
+            send_at=send_at,
+            forced_provider=provider,
+        )
+        await self.store.accept(item)
+        return item.id
+
+    async def message(self, message_id: str) -> MessageView:
+        return await self.store.get_message("default", message_id)
+
+    async def wait(self, message_id: str, *statuses: str, timeout: float = 10) -> MessageView:
+        """The message once its status is one of `statuses` (default: any final one)."""
+        wanted = statuses or DONE
+
+        async def reached() -> bool:
+            return (await self.message(message_id)).status in wanted
+
+        await eventually(reached, timeout=timeout)
+        return await self.message(message_id)
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+Run = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def run(database_url: str, fakes: Fakes, store: Store) -> AsyncIterator[Run]:
+    """`await run(**sections)`: a started worker; `sections` override settings keys.
+
+    `providers=` replaces the provider list; `provider_overrides=` is applied
+    to both default providers (primary: SendGrid, backup: Mailgun).
+    """
+    harnesses: list[Harness] = []
+
+    async def start(
+        *, start: bool = True, provider_overrides: dict[str, Any] | None = None, **sections: Any
+    ) -> Harness:
+        if "providers" not in sections:
+            sections["providers"] = fakes.providers(**(provider_overrides or {}))
+        settings = make_settings(database_url, fakes, **sections)
+        metrics = Metrics()
+        pool = ProviderPool(settings, store, metrics)
+        worker = Worker(settings, store, pool, metrics)
+        harness = Harness(settings, store, metrics, pool, worker, fakes)
+        harnesses.append(harness)
+        if start:
+            harness.start()
+        return harness
+
+    yield start
+    for harness in harnesses:
+        await harness.stop()
+        await harness.pool.close()

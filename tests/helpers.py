@@ -1,0 +1,91 @@
+"""Helpers the tests share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mailgate.config import Settings
+from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
+
+SENDGRID_KEY = "SG.test-key"
+MAILGUN_KEY = "key-test"
+MAILGUN_DOMAIN = "mg.example.com"
+
+
+@dataclass
+class Fakes:
+    sendgrid: FakeSendGrid
+    mailgun: FakeMailgun
+    sendgrid_url: str
+    mailgun_url: str
+
+    def providers(self, **overrides: Any) -> list[dict[str, Any]]:
+        """Two providers: `primary` (SendGrid, priority 1) and `backup` (Mailgun, priority 2)."""
+        common = {"breaker_min_calls": 1000} | overrides
+        return [
+            {
+                "name": "primary",
+                "type": "sendgrid",
+                "api_key": SENDGRID_KEY,
+                "base_url": self.sendgrid_url,
+                "priority": 1,
+                **common,
+            },
+            {
+                "name": "backup",
+                "type": "mailgun",
+                "api_key": MAILGUN_KEY,
+                "domain": MAILGUN_DOMAIN,
+                "base_url": self.mailgun_url,
+                "priority": 2,
+                **common,
+            },
+        ]
+
+    def total(self) -> int:
+        return len(self.sendgrid.received) + len(self.mailgun.received)
+
+
+def make_settings(database_url: str, fakes: Fakes | None = None, **sections: Any) -> Settings:
+    """Settings for a test: fast retries, short timeouts; `sections` override whole keys."""
+    delivery = {
+        "attempt_timeout_seconds": 2,
+        "retry_initial_seconds": 0.2,
+        "retry_max_seconds": 1,
+        "poll_interval_seconds": 0.05,
+        "lease_seconds": 10,
+    } | sections.pop("delivery", {})
+    providers = sections.pop("providers", fakes.providers() if fakes is not None else [])
+    return Settings(
+        database={"url": database_url, "busy_timeout_seconds": 2} | sections.pop("database", {}),
+        delivery=delivery,
+        providers=providers,
+        **sections,
+    )
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    """A valid message body for the API, with `fields` replacing defaults."""
+    body: dict[str, Any] = {
+        "from": "Ada Lovelace <ada@example.com>",
+        "to": ["bob@example.org"],
+        "subject": "Hello",
+        "text": "Hi Bob",
+    }
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Wait until `check()` is true; fail the test after `timeout` seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

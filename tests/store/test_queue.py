@@ -1,0 +1,322 @@
+"""The queue operations on a real store (SQLite, and PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from mailgate.errors import Conflict, IdempotencyMismatch, NotFound
+from mailgate.message import Address, Email, EventType, Outcome, Status, new_id
+from mailgate.store import AttemptRecord, EventRecord, Finish, NewMessage, Store, utcnow
+from mailgate.store.tables import messages
+
+
+def email(**fields: Any) -> Email:
+    values: dict[str, Any] = {
+        "sender": Address("ada@example.com", "Ada"),
+        "to": (Address("bob@example.org"),),
+        "subject": "Hello",
+        "text": "Hi",
+    }
+    values.update(fields)
+    return Email(**values)
+
+
+def new(**fields: Any) -> NewMessage:
+    values: dict[str, Any] = {
+        "id": new_id("msg"),
+        "tenant_id": "default",
+        "email": email(),
+        "created_at": utcnow(),
+    }
+    values.update(fields)
+    return NewMessage(**values)
+
+
+async def count(store: Store, **where: Any) -> int:
+    query = select(func.count()).select_from(messages)
+    for column, value in where.items():
+        query = query.where(messages.c[column] == value)
+    async with store.db.read() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+def sent(message_id: str, owner: str, **fields: Any) -> Finish:
+    now = utcnow()
+    values: dict[str, Any] = {
+        "message_id": message_id,
+        "lease_owner": owner,
+        "status": Status.SENT,
+        "rounds": 1,
+        "attempts": (AttemptRecord("primary", now, 12, Outcome.SENT),),
+        "events": (EventRecord(EventType.SENT, now, {"provider": "primary"}),),
+        "provider": "primary",
+        "provider_message_id": "pm-1",
+    }
+    values.update(fields)
+    return Finish(**values)
+
+
+async def test_accept_then_read_back_the_whole_message(store: Store) -> None:
+    item = new(
+        email=email(
+            cc=(Address("carol@example.org", "Carol"),),
+            html="<p>Hi</p>",
+            headers={"X-Campaign": "autumn"},
+            tags=("welcome",),
+            metadata={"user": "42"},
+        )
+    )
+    accepted = await store.accept(item)
+    assert accepted.created and accepted.id == item.id and accepted.status is Status.QUEUED
+
+    view = await store.get_message("default", item.id)
+    assert view.status == "queued"
+    assert view.envelope["cc"] == [{"email": "carol@example.org", "name": "Carol"}]
+    assert view.envelope["tags"] == ["welcome"] and view.envelope["metadata"] == {"user": "42"}
+    assert [e.type for e in view.events] == ["accepted"]
+
+    claimed = await store.claim("w1", limit=10, lease_seconds=30)
+    assert [c.email for c in claimed] == [item.email]
+
+
+async def test_scheduled_messages_wait_until_due(store: Store) -> None:
+    later = new(send_at=utcnow() + timedelta(hours=1))
+    due = new(send_at=utcnow() - timedelta(seconds=1))
+    for item in (later, due):
+        await store.accept(item)
+    assert (await store.get_message("default", later.id)).status == "scheduled"
+    claimed = await store.claim("w1", limit=10, lease_seconds=30)
+    assert [c.id for c in claimed] == [due.id]
+
+
+async def test_claims_never_overlap_and_take_the_oldest_first(store: Store) -> None:
+    items = [new() for _ in range(30)]
+    await store.accept_many(items)
+    first, second = await asyncio.gather(
+        store.claim("w1", limit=20, lease_seconds=30), store.claim("w2", limit=20, lease_seconds=30)
+    )
+    ids = [c.id for c in first] + [c.id for c in second]
+    assert len(ids) == len(set(ids)) == 30
+    assert await store.claim("w3", limit=20, lease_seconds=30) == []
+    assert await count(store, status="sending") == 30
+
+
+async def test_finish_records_attempts_and_events(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    [claimed] = await store.claim("w1", limit=1, lease_seconds=30)
+    await store.finish(sent(claimed.id, "w1"))
+    view = await store.get_message("default", item.id)
+    assert view.status == "sent"
+    assert (view.provider, view.provider_message_id) == ("primary", "pm-1")
+    assert [(a.provider, a.outcome) for a in view.attempts] == [("primary", "sent")]
+    assert [e.type for e in view.events] == ["accepted", "sent"]
+
+
+async def test_finish_keeps_history_but_not_status_without_the_lease(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("w1", limit=1, lease_seconds=30)
+    await store.finish(sent(item.id, "someone-else"))
+    view = await store.get_message("default", item.id)
+    assert view.status == "sending"
+    assert len(view.attempts) == 1
+
+
+async def test_deferred_message_comes_back_when_due(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("w1", limit=1, lease_seconds=30)
+    soon = utcnow() + timedelta(milliseconds=200)
+    await store.finish(
+        Finish(
+            message_id=item.id,
+            lease_owner="w1",
+            status=Status.QUEUED,
+            rounds=1,
+            next_attempt_at=soon,
+        )
+    )
+    assert await store.claim("w1", limit=1, lease_seconds=30) == []
+    await asyncio.sleep(0.25)
+    [again] = await store.claim("w1", limit=1, lease_seconds=30)
+    assert again.rounds == 1
+
+
+async def test_expired_leases_are_reclaimed_and_the_lost_try_recorded(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("dead-worker", limit=1, lease_seconds=0.05)
+    await asyncio.sleep(0.1)
+    assert await store.reclaim_expired() == [item.id]
+    view = await store.get_message("default", item.id)
+    assert view.status == "queued"
+    assert [(a.provider, a.outcome) for a in view.attempts] == [(None, "ambiguous")]
+    assert view.events[-1].type == "reclaimed"
+    assert view.events[-1].detail == {"worker": "dead-worker"}
+    [claimed] = await store.claim("w2", limit=1, lease_seconds=30)
+    assert claimed.id == item.id
+
+
+async def test_live_leases_are_extended_not_reclaimed(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("w1", limit=1, lease_seconds=0.2)
+    assert await store.extend_leases("w1", [item.id], lease_seconds=30) == 1
+    await asyncio.sleep(0.25)
+    assert await store.reclaim_expired() == []
+    assert await store.extend_leases("w2", [item.id], lease_seconds=30) == 0
+
+
+async def test_release_hands_back_claimed_messages(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("w1", limit=1, lease_seconds=30)
+    await store.release("w1", [item.id])
+    assert (await store.get_message("default", item.id)).status == "queued"
+
+
+async def test_cancel_only_waiting_messages(store: Store) -> None:
+    waiting, busy = new(), new()
+    await store.accept_many([waiting, busy])
+    async with store.db.write() as conn:
+        await conn.execute(
+            update(messages).where(messages.c.id == busy.id).values(status="sending")
+        )
+    await store.cancel("default", waiting.id)
+    view = await store.get_message("default", waiting.id)
+    assert view.status == "cancelled" and view.events[-1].type == "cancelled"
+    with pytest.raises(Conflict):
+        await store.cancel("default", busy.id)
+    with pytest.raises(Conflict):
+        await store.cancel("default", waiting.id)
+    with pytest.raises(NotFound):
+        await store.cancel("default", new_id("msg"))
+    assert await store.claim("w1", limit=10, lease_seconds=30) == []
+
+
+async def test_retry_puts_a_failed_message_back_with_a_fresh_window(store: Store) -> None:
+    item = new()
+    await store.accept(item)
+    await store.claim("w1", limit=1, lease_seconds=30)
+    await store.finish(
+        Finish(message_id=item.id, lease_owner="w1", status=Status.FAILED, rounds=3, last_error="x")
+    )
+    with pytest.raises(Conflict):
+        await store.cancel("default", item.id)
+    await store.retry("default", item.id)
+    [claimed] = await store.claim("w1", limit=1, lease_seconds=30)
+    assert claimed.rounds == 0 and claimed.window_start > item.created_at
+    view = await store.get_message("default", item.id)
+    assert [e.type for e in view.events][-1] == "retried"
+    with pytest.raises(Conflict):
+        await store.retry("default", item.id)
+
+
+async def test_idempotency_key_answers_repeats_and_refuses_changes(store: Store) -> None:
+    first = new(idempotency_key="order-1", request_hash="a")
+    repeat = new(idempotency_key="order-1", request_hash="a")
+    changed = new(idempotency_key="order-1", request_hash="b")
+    assert (await store.accept(first)).created
+    again = await store.accept(repeat)
+    assert (again.id, again.created) == (first.id, False)
+    with pytest.raises(IdempotencyMismatch):
+        await store.accept(changed)
+    assert await count(store) == 1
+
+
+async def test_idempotency_inside_one_group(store: Store) -> None:
+    items = [new(idempotency_key="k", request_hash="h") for _ in range(5)]
+    results = await store.accept_many([*items, new(idempotency_key="k", request_hash="other")])
+    created = [r for r in results if not isinstance(r, Exception) and r.created]
+    repeats = [r for r in results if not isinstance(r, Exception) and not r.created]
+    assert len(created) == 1 and len(repeats) == 4
+    assert {r.id for r in repeats} == {created[0].id}
+    assert isinstance(results[-1], IdempotencyMismatch)
+    assert await count(store) == 1
+
+
+async def test_concurrent_accepts_share_transactions(store: Store) -> None:
+    """Group commit: 500 concurrent accepts need far fewer than 500 commits."""
+    commits = 0
+    write = store.db.write
+
+    def counting_write() -> Any:
+        nonlocal commits
+        commits += 1
+        return write()
+
+    store.db.write = counting_write  # type: ignore[method-assign]
+    items = [new() for _ in range(500)]
+    results = await asyncio.gather(*(store.accept(item) for item in items))
+    assert all(r.created for r in results)
+    assert await count(store) == 500
+    assert commits < 100
+
+
+async def test_listing_filters_and_pages_newest_first(store: Store) -> None:
+    made: list[NewMessage] = []
+    for kind in ["tagged"] * 3 + ["carol"] + ["other"] * 4:
+        await asyncio.sleep(0.002)  # distinct milliseconds, so id order is creation order
+        if kind == "tagged":
+            made.append(new(email=email(tags=("welcome",))))
+        elif kind == "carol":
+            made.append(new(email=email(to=(Address("Carol@Example.org"),))))
+        else:
+            made.append(new())
+        await store.accept(made[-1])
+    tagged, to_carol, others = made[:3], made[3], made[4:]
+
+    everything = await store.list_messages("default", limit=100)
+    assert [v.id for v in everything] == [i.id for i in reversed(made)]
+    assert {v.id for v in await store.list_messages("default", limit=100, tag="welcome")} == {
+        i.id for i in tagged
+    }
+    assert [
+        v.id for v in await store.list_messages("default", limit=100, to="carol@example.org")
+    ] == [to_carol.id]
+    page = await store.list_messages("default", limit=3)
+    rest = await store.list_messages("default", limit=100, before_id=page[-1].id)
+    assert [v.id for v in page + rest] == [v.id for v in everything]
+    await store.cancel("default", others[0].id)
+    assert [v.id for v in await store.list_messages("default", limit=10, status="cancelled")] == [
+        others[0].id
+    ]
+    assert await store.list_messages("other-tenant", limit=10) == []
+
+
+async def test_queue_depth(store: Store) -> None:
+    await store.accept_many([new(), new(), new(send_at=utcnow() + timedelta(hours=1))])
+    await store.claim("w1", limit=1, lease_seconds=30)
+    assert await store.queue_depth() == {"queued": 1, "scheduled": 1, "sending": 1}
+
+
+async def test_keys_are_hashed_and_revocable(store: Store) -> None:
+    key, secret = await store.create_key("ci", tenant_id="default")
+    assert secret.startswith("mg_") and key.prefix == secret[:9]
+    found = await store.find_key(secret)
+    assert found is not None and found.id == key.id
+    assert await store.find_key(secret + "x") is None
+    await store.revoke_key(key.id)
+    assert await store.find_key(secret) is None
+    with pytest.raises(NotFound):
+        await store.revoke_key(key.id)
+    [listed] = await store.list_keys()
+    assert listed.revoked_at is not None
+
+
+async def test_provider_state_upserts(store: Store) -> None:
+    assert await store.provider_states() == {}
+    await store.update_provider("primary", enabled=False)
+    await store.update_provider("primary", simulated_failure="timeout")
+    state = (await store.provider_states())["primary"]
+    assert (state.enabled, state.simulated_failure, state.breaker_state) == (
+        False,
+        "timeout",
+        "closed",
+    )

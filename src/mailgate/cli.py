@@ -18,8 +18,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from mailgate import __version__, service
 from mailgate.api.errors import validation_error
@@ -49,7 +50,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(providers_app, name="providers")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,
@@ -285,7 +286,7 @@ def keys_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         _print_json({"data": rows})
         return
-    table = Table("id", "name", "prefix", "created", "revoked")
+    table = Table(Column("id", no_wrap=True), "name", "prefix", "created", "revoked")
     for r in rows:
         table.add_row(r["id"], r["name"], f"{r['prefix']}…", r["created_at"], r["revoked_at"] or "")
     out.print(table)
@@ -354,13 +355,17 @@ def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> 
         _print_json({"data": rows})
         return
     table = Table(
-        "name", "type", "priority", "enabled", "breaker", "success", "drill", "last error"
-    )
+        Column("name", no_wrap=True), Column("type", no_wrap=True), "priority", "enabled",
+        "breaker", "success", "last error", box=box.SIMPLE_HEAD,
+    )  # fmt: skip
     for r in rows:
         rate = f"{r['success_rate']:.0%}" if r["success_rate"] is not None else "-"
+        breaker = r["breaker"]["state"]
+        if r["simulated_failure"] != "off":
+            breaker += f" (drill: {r['simulated_failure']})"
         table.add_row(
             r["name"], r["type"], str(r["priority"]), "yes" if r["enabled"] else "no",
-            r["breaker"]["state"], rate, r["simulated_failure"], r["last_error"] or "",
+            breaker, rate, r["last_error"] or "",
         )  # fmt: skip
     out.print(table)
 

@@ -1,0 +1,131 @@
+"""The `mailgate` command, in process through Typer's runner, on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mailgate.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "mailgate.toml"
+    path.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path}/mailgate.db"\n'
+        '[delivery]\ndefault_from = "Robot <robot@example.com>"\n'
+    )
+    return path
+
+
+def mailgate(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_version() -> None:
+    code, out, _ = mailgate("--version")
+    assert code == 0 and out.startswith("mailgate ")
+
+
+def test_keys(config: Path) -> None:
+    code, out, _ = mailgate("keys", "create", "--name", "ci", "--config", str(config), "--json")
+    assert code == 0
+    created = json.loads(out)
+    assert created["key"].startswith("mg_") and created["name"] == "ci"
+    code, out, _ = mailgate("keys", "list", "--config", str(config), "--json")
+    [listed] = json.loads(out)["data"]
+    assert listed["id"] == created["id"] and listed["revoked_at"] is None
+    assert created["key"] not in out
+    assert mailgate("keys", "revoke", created["id"], "--config", str(config))[0] == 0
+    _, out, _ = mailgate("keys", "list", "--config", str(config), "--json")
+    assert json.loads(out)["data"][0]["revoked_at"] is not None
+    code, _, err = mailgate("keys", "revoke", created["id"], "--config", str(config))
+    assert code == 1 and "no active key" in err
+    code, out, _ = mailgate("keys", "list", "--config", str(config))
+    assert code == 0 and "ci" in out
+
+
+def test_send_then_status(config: Path) -> None:
+    code, out, _ = mailgate(
+        "send", "--to", "bob@example.org", "--to", "Eve <eve@example.org>", "--subject", "Hi",
+        "--text", "Hello", "--tag", "cli", "--config", str(config), "--json",
+    )  # fmt: skip
+    assert code == 0
+    sent = json.loads(out)
+    assert sent["status"] == "queued" and sent["from"]["email"] == "robot@example.com"
+    assert [a["email"] for a in sent["to"]] == ["bob@example.org", "eve@example.org"]
+    code, out, _ = mailgate("status", sent["id"], "--config", str(config), "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["id"] == sent["id"] and status["tags"] == ["cli"]
+    assert [e["type"] for e in status["events"]] == ["accepted"]
+    code, out, _ = mailgate("status", sent["id"], "--config", str(config))
+    assert code == 0 and sent["id"] in out and "accepted" in out
+    code, out, _ = mailgate(
+        "send", "--to", "x@example.org", "-s", "S", "--html", "<b>h</b>", "--config", str(config)
+    )
+    assert code == 0 and out.strip().endswith("queued")
+
+
+def test_send_refuses_bad_input(config: Path, tmp_path: Path) -> None:
+    code, _, err = mailgate(
+        "send", "--to", "not-an-address", "-s", "S", "--text", "t", "--config", str(config)
+    )
+    assert code == 2 and "to[0]" in err
+    code, _, err = mailgate("send", "--to", "a@example.org", "-s", "S", "--config", str(config))
+    assert code == 2 and "--text or --html" in err
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/other.db"\n')
+    code, _, err = mailgate(
+        "send", "--to", "a@example.org", "-s", "S", "--text", "t", "--config", str(bare)
+    )
+    assert code == 2 and "--from" in err
+
+
+def test_status_of_an_unknown_message(config: Path) -> None:
+    code, _, err = mailgate("status", "msg_00000000000000000000000000", "--config", str(config))
+    assert code == 1 and "no message" in err
+
+
+def test_providers(config: Path) -> None:
+    code, out, _ = mailgate("providers", "list", "--config", str(config), "--json")
+    assert code == 0
+    rows = json.loads(out)["data"]
+    assert [(r["name"], r["enabled"]) for r in rows] == [("sendgrid", True), ("mailgun", True)]
+    assert mailgate("providers", "disable", "sendgrid", "--config", str(config))[0] == 0
+    _, out, _ = mailgate("providers", "list", "--config", str(config), "--json")
+    assert json.loads(out)["data"][0]["enabled"] is False
+    assert mailgate("providers", "enable", "sendgrid", "--config", str(config))[0] == 0
+    code, out, _ = mailgate("providers", "list", "--config", str(config))
+    assert code == 0 and "sendgrid" in out
+    code, _, err = mailgate("providers", "disable", "nope", "--config", str(config))
+    assert code == 1 and "no provider 'nope'" in err
+
+
+def test_db_upgrade_and_current(config: Path) -> None:
+    code, out, _ = mailgate("db", "current", "--config", str(config))
+    assert code == 0 and out.startswith("empty")
+    code, out, _ = mailgate("db", "upgrade", "--config", str(config))
+    assert code == 0 and "0001" in out
+    code, out, _ = mailgate("db", "current", "--config", str(config))
+    assert out.strip() == "0001 (up to date)"
+
+
+def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server]\nprot = 1\n")
+    code, _, err = mailgate("keys", "list", "--config", str(path))
+    assert code == 2 and "server.prot: unknown key" in err
+    code, _, err = mailgate("keys", "list", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_a_worker_needs_real_providers(config: Path) -> None:
+    code, _, err = mailgate("worker", "--config", str(config))
+    assert code == 2 and "no providers configured" in err

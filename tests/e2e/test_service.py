@@ -1,0 +1,105 @@
+"""`mailgate serve` and `mailgate worker` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.processes import KEY, URL, mailgate, write_config
+from tests.helpers import Fakes, eventually, message
+
+pytestmark = pytest.mark.slow
+
+
+async def wait_status(client: httpx.AsyncClient, message_id: str, *statuses: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        nonlocal found
+        found = (await client.get(f"/v1/messages/{message_id}")).json()
+        return found["status"] in statuses
+
+    await eventually(reached, timeout=20)
+    return found
+
+
+async def test_serve_out_of_the_box(tmp_path: Path) -> None:
+    """No config at all: SQLite in ./.mailgate, simulated providers, a key printed."""
+    async with mailgate("serve", "--port", "0", cwd=tmp_path) as server:
+        url = (await server.wait_for(URL))[1]
+        key = (await server.wait_for(KEY))[1]
+        await server.wait_for(re.compile("simulating SendGrid and Mailgun"))
+        assert (tmp_path / ".mailgate" / "mailgate.db").exists()
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            assert (await client.get("/readyz")).status_code == 200
+            first = (await client.post("/v1/messages", json=message())).json()
+            sent = await wait_status(client, first["id"], "sent")
+            assert sent["provider"] == "sendgrid"
+
+            # A drill through the API: the next message fails over to Mailgun.
+            drill = await client.post(
+                "/v1/providers/sendgrid/simulate-failure", json={"mode": "error"}
+            )
+            assert drill.status_code == 200
+            second = (await client.post("/v1/messages", json=message())).json()
+            failed_over = await wait_status(client, second["id"], "sent")
+            assert failed_over["provider"] == "mailgun"
+            assert [e["type"] for e in failed_over["events"]] == [
+                "accepted",
+                "attempt",
+                "failover",
+                "sent",
+            ]
+        assert await server.stop() == 0
+        assert any("shutting down" in line for line in server.lines)
+
+    # A restart finds the same database and prints the saved key again.
+    async with mailgate("serve", "--port", "0", cwd=tmp_path) as again:
+        await again.wait_for(URL)
+        assert (await again.wait_for(KEY))[1] == key
+        await again.wait_for(re.compile(r"from .*bootstrap-key"))
+        assert await again.stop() == 0
+
+
+async def test_separate_api_and_worker_processes_share_the_store(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    config = write_config(
+        tmp_path / "mailgate.toml",
+        f"sqlite:///{tmp_path}/shared.db",
+        fakes.providers(),
+        poll_interval_seconds=0.1,
+    )
+    async with (
+        mailgate(
+            "serve", "--no-worker", "--port", "0", "--config", str(config), cwd=tmp_path
+        ) as api,
+        mailgate("worker", "--config", str(config), cwd=tmp_path) as worker,
+    ):
+        url = (await api.wait_for(URL))[1]
+        key = (await api.wait_for(KEY))[1]
+        await worker.wait_for(re.compile("worker .* started"))
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            ids = [
+                (await client.post("/v1/messages", json=message())).json()["id"] for _ in range(20)
+            ]
+            for message_id in ids:
+                assert (await wait_status(client, message_id, "sent"))["provider"] == "primary"
+
+            # Disabled through the API process; the worker process sees it within a second.
+            assert (await client.post("/v1/providers/primary/disable")).status_code == 200
+            await asyncio.sleep(1.2)
+            later = (await client.post("/v1/messages", json=message())).json()
+            assert (await wait_status(client, later["id"], "sent"))["provider"] == "backup"
+        assert await worker.stop() == 0
+        assert await api.stop() == 0
+    assert sorted(fakes.sendgrid.counts) == sorted(ids)

@@ -80,9 +80,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: s
 
 
 async def _empty(store: Store) -> None:
-    async with store.db.write() as conn:
-        names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
-        await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
+    truncate = text(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    await store.db.write(lambda conn: conn.execute(truncate))
 
 
 @pytest.fixture

@@ -174,18 +174,18 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# RFC 4648's base32 alphabet mapped, in order, onto Crockford's: the encoded
+# ids then sort as their bytes do.
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 def new_id(prefix: str) -> str:
-    """A sortable unique id: `prefix_` + 26 Crockford base32 characters (a ULID).
+    """A sortable unique id: `prefix_` + 26 Crockford base32 characters.
 
-    48 bits of milliseconds then 80 random bits, so ids sort by creation time
-    and "newest first" can page by id alone.
+    48 bits of milliseconds then 80 random bits (a ULID's layout), so ids sort
+    by creation time and "newest first" can page by id alone.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"

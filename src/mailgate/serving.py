@@ -50,7 +50,10 @@ async def serve_asgi(
 ) -> AsyncIterator[RunningServer]:
     """Run `app` until the block ends; port 0 picks a free port."""
     if sock is None:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+        # without it Nagle holds back the body behind the headers (40 ms delayed ACKs).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     bound_port = sock.getsockname()[1]

@@ -175,3 +175,30 @@ async def test_a_store_that_cannot_commit_answers_503(
     listed = (await client.get("/v1/messages")).json()["data"]
     assert [m["id"] for m in listed] == [before]
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_openapi_document_describes_every_body(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    send = doc["paths"]["/v1/messages"]["post"]
+    assert send["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/MessageIn"
+    }
+    assert {"name", "in"} <= set(send["parameters"][0]) and send["parameters"][0]["in"] == "header"
+    assert {"from", "to", "subject", "attachments"} <= set(schemas["MessageIn"]["properties"])
+    refs: list[str] = []
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(doc)
+    assert refs
+    for ref in refs:
+        assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref

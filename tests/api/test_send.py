@@ -17,8 +17,8 @@ from tests.helpers import message
 
 
 async def stored(store: Store) -> int:
-    async with store.db.read() as conn:
-        return int((await conn.execute(select(func.count()).select_from(messages))).scalar_one())
+    query = select(func.count()).select_from(messages)
+    return int(await store.db.read(lambda conn: conn.execute(query).scalar_one()))
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:

@@ -21,9 +21,8 @@ MESSAGES = 600
 
 
 async def statuses(store: Store) -> dict[str, str]:
-    async with store.db.read() as conn:
-        rows = await conn.execute(select(messages.c.id, messages.c.status))
-        return {r.id: r.status for r in rows}
+    query = select(messages.c.id, messages.c.status)
+    return await store.db.read(lambda conn: {r.id: r.status for r in conn.execute(query)})
 
 
 async def test_a_killed_worker_loses_nothing(tmp_path: Path, fakes: Fakes) -> None:

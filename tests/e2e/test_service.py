@@ -103,3 +103,35 @@ async def test_separate_api_and_worker_processes_share_the_store(
         assert await worker.stop() == 0
         assert await api.stop() == 0
     assert sorted(fakes.sendgrid.counts) == sorted(ids)
+
+
+async def test_the_readme_run_command(tmp_path: Path) -> None:
+    """`scripts/run` installs (a no-op here) and starts the service; extra args reach serve."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "run"
+    config = tmp_path / "mailgate.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/run.db"\n')
+    proc = await asyncio.create_subprocess_exec(
+        str(script), "--port", "0", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    url = key = None
+    try:
+        async with asyncio.timeout(120):
+            while url is None or key is None:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "scripts/run exited early"
+                url = url or (m[1] if (m := URL.search(line)) else None)
+                key = key or (m[1] if (m := KEY.search(line)) else None)
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            response = await client.post("/v1/messages", json=message())
+            assert response.status_code == 202
+            assert (await wait_status(client, response.json()["id"], "sent"))[
+                "provider"
+            ] == "sendgrid"
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert proc.returncode == 0

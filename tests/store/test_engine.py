@@ -14,17 +14,16 @@ from mailgate.config import DatabaseSettings
 from mailgate.errors import StoreUnavailable
 from mailgate.store import Store
 from mailgate.store import migrate as migrations
-from mailgate.store.engine import async_url
+from mailgate.store.engine import driver_url
 from mailgate.store.tables import metadata
 from tests.store.test_queue import count, new
 
 
 async def test_schema_matches_the_tables(store: Store) -> None:
     assert await migrations.current(store.db) == migrations.head()
-    async with store.db.read() as conn:
-        diff = await conn.run_sync(
-            lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
-        )
+    diff = await store.db.read(
+        lambda conn: compare_metadata(MigrationContext.configure(conn), metadata)
+    )
     assert diff == []
 
 
@@ -39,12 +38,12 @@ async def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
 
 
 def test_urls_map_to_asyncio_drivers() -> None:
-    assert async_url("sqlite:///a/b.db").drivername == "sqlite+aiosqlite"
-    assert async_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
+    assert driver_url("sqlite:///a/b.db").drivername == "sqlite+pysqlite"
+    assert driver_url("postgresql://u@h/db").drivername == "postgresql+asyncpg"
     with pytest.raises(ValueError, match="file path"):
-        async_url("sqlite://")
+        driver_url("sqlite://")
     with pytest.raises(ValueError, match="unsupported"):
-        async_url("mysql://u@h/db")
+        driver_url("mysql://u@h/db")
 
 
 async def test_a_locked_database_is_unavailable_and_loses_nothing(tmp_path: Path) -> None:

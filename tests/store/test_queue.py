@@ -41,8 +41,7 @@ async def count(store: Store, **where: Any) -> int:
     query = select(func.count()).select_from(messages)
     for column, value in where.items():
         query = query.where(messages.c[column] == value)
-    async with store.db.read() as conn:
-        return int((await conn.execute(query)).scalar_one())
+    return int(await store.db.read(lambda conn: conn.execute(query).scalar_one()))
 
 
 def sent(message_id: str, owner: str, **fields: Any) -> Finish:
@@ -184,10 +183,8 @@ async def test_release_hands_back_claimed_messages(store: Store) -> None:
 async def test_cancel_only_waiting_messages(store: Store) -> None:
     waiting, busy = new(), new()
     await store.accept_many([waiting, busy])
-    async with store.db.write() as conn:
-        await conn.execute(
-            update(messages).where(messages.c.id == busy.id).values(status="sending")
-        )
+    busy_now = update(messages).where(messages.c.id == busy.id).values(status="sending")
+    await store.db.write(lambda conn: conn.execute(busy_now))
     await store.cancel("default", waiting.id)
     view = await store.get_message("default", waiting.id)
     assert view.status == "cancelled" and view.events[-1].type == "cancelled"
@@ -246,10 +243,10 @@ async def test_concurrent_accepts_share_transactions(store: Store) -> None:
     commits = 0
     write = store.db.write
 
-    def counting_write() -> Any:
+    def counting_write(*args: Any, **kwargs: Any) -> Any:
         nonlocal commits
         commits += 1
-        return write()
+        return write(*args, **kwargs)
 
     store.db.write = counting_write  # type: ignore[method-assign]
     items = [new() for _ in range(500)]

@@ -32,6 +32,8 @@ def error_body(exc: RequestError) -> dict[str, Any]:
 
 
 def _field(loc: tuple[int | str, ...]) -> str | None:
+    if not loc:
+        return "body"  # the body as a whole: not JSON, or not an object
     parts = list(loc)
     if parts and parts[0] in ("body", "query", "path", "header"):
         source = parts.pop(0)

@@ -157,20 +157,22 @@ class MessageIn(_Model):
 
     sender: AddressField = Field(alias="from")
     to: Annotated[AddressList, Field(min_length=1)]
-    cc: AddressList = []
-    bcc: AddressList = []
-    reply_to: AddressList = []
+    cc: AddressList = Field(default_factory=list)
+    bcc: AddressList = Field(default_factory=list)
+    reply_to: AddressList = Field(default_factory=list)
     subject: Annotated[SingleLine, Field(min_length=1, max_length=998)]
     text: str | None = None
     html: str | None = None
-    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=50)] = {}
-    attachments: Annotated[list[AttachmentIn], Field(max_length=100)] = []
+    headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=50)] = Field(
+        default_factory=dict
+    )
+    attachments: Annotated[list[AttachmentIn], Field(max_length=100)] = Field(default_factory=list)
     tags: Annotated[
         list[Annotated[SingleLine, Field(min_length=1, max_length=128)]], Field(max_length=10)
-    ] = []
+    ] = Field(default_factory=list)
     metadata: Annotated[
         dict[MetadataKey, MetadataValue], Field(max_length=50), AfterValidator(_metadata_size)
-    ] = {}
+    ] = Field(default_factory=dict)
     send_at: datetime | None = None
     provider: str | None = None
 

@@ -100,19 +100,25 @@ class ProviderPool:
                 breaker=CircuitBreaker(breaker_config(p)),
                 enabled=p.enabled,
             )
-        self._groups = sorted({s.settings.priority for s in self.slots.values()})
+        priorities = sorted({s.settings.priority for s in self.slots.values()})
+        self._groups = [
+            [s for s in self.slots.values() if s.settings.priority == p] for p in priorities
+        ]
 
     def ordered(self, forced: str | None = None) -> list[Slot]:
         """The providers to try, in order: by priority, by weight inside a priority."""
         if forced is not None:
             return [self.slots[forced]] if forced in self.slots else []
         order: list[Slot] = []
-        for priority in self._groups:
-            group = [s for s in self.slots.values() if s.settings.priority == priority]
-            while group:
-                pick = random.choices(group, weights=[s.settings.weight for s in group])[0]
-                order.append(pick)
-                group.remove(pick)
+        for group in self._groups:
+            if len(group) == 1:
+                order.append(group[0])
+            else:
+                # A weighted random order (Efraimidis-Spirakis): each provider comes
+                # first with a probability proportional to its weight.
+                order += sorted(
+                    group, key=lambda s: random.random() ** (1 / s.settings.weight), reverse=True
+                )
         return order
 
     async def refresh(self) -> None:

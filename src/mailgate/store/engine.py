@@ -1,40 +1,64 @@
 """Engines and transactions for SQLite and PostgreSQL.
 
-`Database.write()` opens a write transaction, `Database.read()` a read-only
-one. On SQLite every write in this process goes through one connection under
-an asyncio lock with `BEGIN IMMEDIATE`, so writers in one process never race
-each other for SQLite's lock (they would sleep in its busy handler), and a
-read never has to be upgraded to a write mid-transaction. WAL mode lets reads
-run beside the writer; `synchronous=FULL` makes a commit durable before the
-API answers. Driver errors that mean "the store cannot do this now" become
-`StoreUnavailable`.
+The store's operations are plain functions of a SQLAlchemy `Connection`
+(`queue.py`, `messages.py`, ...). `Database.write(fn, ...)` runs one of them
+inside a write transaction, `Database.read(fn, ...)` inside a read one, and
+each engine runs them the way that suits it:
+
+- SQLite, writes: on the event loop's own thread, on the process's one
+  write connection (`BEGIN IMMEDIATE` ... `COMMIT`). Write transactions are
+  short (a claim, a group of accepts or finishes) and, measured here, a
+  writer thread was slower: it and the event loop fought over the GIL on
+  every statement. If another process holds SQLite's write lock, the
+  connection does not block (`busy_timeout=0`); `write` sleeps without
+  blocking the loop and tries again, up to `busy_timeout_seconds`, then
+  answers `StoreUnavailable`. WAL lets readers run beside the writer;
+  `synchronous=FULL` makes a commit durable before the API answers.
+- SQLite, reads: in a few threads of their own, so a long listing never
+  holds up the loop.
+- PostgreSQL: asyncpg under SQLAlchemy's asyncio engine, the function run
+  with `AsyncConnection.run_sync`.
+
+Driver errors that mean "the store cannot do this now" become
+`StoreUnavailable`; integrity errors pass through for the caller to judge.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.config import DatabaseSettings
 from mailgate.errors import StoreUnavailable
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-def async_url(url: str) -> URL:
-    """Map a user's `sqlite:///` or `postgresql://` URL to its asyncio driver."""
+READER_THREADS = 4
+_FIRST_BUSY_WAIT = 0.001
+_LONGEST_BUSY_WAIT = 0.05
+
+
+def driver_url(url: str) -> URL:
+    """The user's `sqlite:///` or `postgresql://` URL with the driver mailgate uses."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ValueError("SQLite needs a file path (database.url = 'sqlite:///path/to/db')")
-        return parsed.set(drivername="sqlite+aiosqlite")
+        return parsed.set(drivername="sqlite+pysqlite")
     if backend in {"postgresql", "postgres"}:
         return parsed.set(drivername="postgresql+asyncpg")
     raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
@@ -48,22 +72,34 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+class _Busy(Exception):
+    """Another process holds SQLite's write lock; try again shortly."""
+
+
 class Database:
     """The engines of one store and the way into its transactions."""
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self.settings = settings
-        self.url = async_url(settings.url)
+        self.url = driver_url(settings.url)
         self.dialect = self.url.get_backend_name()
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._async_engine: AsyncEngine | None = None
+        self._write_engine: Engine | None = None
+        self._read_engine: Engine | None = None
+        self._readers: ThreadPoolExecutor | None = None
         if self.is_sqlite:
             path = sqlite_path(settings.url)
             assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.write_engine = self._sqlite_engine(begin="BEGIN IMMEDIATE", pool_size=1)
-            self.read_engine = self._sqlite_engine(begin="BEGIN", pool_size=4)
+            self._write_engine = self._sqlite_engine(
+                begin="BEGIN IMMEDIATE", pool_size=1, busy_seconds=0
+            )
+            self._read_engine = self._sqlite_engine(
+                begin="BEGIN", pool_size=READER_THREADS, busy_seconds=settings.busy_timeout_seconds
+            )
+            self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="mailgate-sqlite")
         else:
-            self.write_engine = create_async_engine(
+            self._async_engine = create_async_engine(
                 self.url,
                 pool_size=settings.pool_size,
                 max_overflow=settings.pool_size,
@@ -71,22 +107,20 @@ class Database:
                 pool_timeout=settings.busy_timeout_seconds,
                 connect_args={"timeout": settings.busy_timeout_seconds},
             )
-            self.read_engine = self.write_engine
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    def _sqlite_engine(self, *, begin: str, pool_size: int) -> AsyncEngine:
-        engine = create_async_engine(
+    def _sqlite_engine(self, *, begin: str, pool_size: int, busy_seconds: float) -> Engine:
+        engine = create_engine(
             self.url,
             pool_size=pool_size,
             max_overflow=0,
-            connect_args={"timeout": self.settings.busy_timeout_seconds},
+            connect_args={"timeout": busy_seconds, "check_same_thread": False},
         )
-        busy_ms = int(self.settings.busy_timeout_seconds * 1000)
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
             # Take transactions out of the driver's hands: it would BEGIN lazily
             # and never IMMEDIATE. We emit BEGIN ourselves below.
@@ -94,46 +128,98 @@ class Database:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)
 
         return engine
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction, committed when the block ends without an exception."""
-        if self._write_lock is None:
-            async with _translated(), self.write_engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, _translated(), self.write_engine.begin() as conn:
-            yield conn
+    async def write(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, ...)` in a write transaction; committed if it returns.
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A read transaction (a consistent snapshot)."""
-        async with _translated(), self.read_engine.begin() as conn:
-            yield conn
+        On SQLite `fn` may run more than once (after another process held the
+        lock); it runs in a fresh transaction each time.
+        """
+        if self._async_engine is not None:
+            return await self._run_async(fn, *args, **kwargs)
+        assert self._write_engine is not None
+        deadline = time.monotonic() + self.settings.busy_timeout_seconds
+        wait = _FIRST_BUSY_WAIT
+        while True:
+            try:
+                return _run_sync(self._write_engine, fn, *args, **kwargs)
+            except _Busy as exc:
+                if time.monotonic() + wait > deadline:
+                    raise StoreUnavailable(f"store unavailable: {exc}") from None
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, _LONGEST_BUSY_WAIT)
+
+    async def read(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `fn(conn, ...)` in a read transaction (a consistent snapshot)."""
+        if self._async_engine is not None:
+            return await self._run_async(fn, *args, **kwargs)
+        assert self._readers is not None and self._read_engine is not None
+        job = functools.partial(_run_sync, self._read_engine, fn, *args, **kwargs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, job)
+        except _Busy as exc:
+            raise StoreUnavailable(f"store unavailable: {exc}") from None
+
+    async def _run_async(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        assert self._async_engine is not None
+        async with _translated_async(), self._async_engine.begin() as conn:
+            return await conn.run_sync(fn, *args, **kwargs)
 
     async def dispose(self) -> None:
-        await self.write_engine.dispose()
-        if self.read_engine is not self.write_engine:
-            await self.read_engine.dispose()
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        for engine in (self._write_engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
 
 
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
+def _run_sync(
+    engine: Engine, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    with _translated(), engine.begin() as conn:
+        return fn(conn, *args, **kwargs)
+
+
+def _is_busy(exc: OperationalError) -> bool:
+    orig = exc.orig
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
     try:
         yield
     except IntegrityError:
         raise
+    except OperationalError as exc:
+        if _is_busy(exc):
+            raise _Busy(_describe(exc)) from exc
+        raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
     except (DBAPIError, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
+
+
+@asynccontextmanager
+async def _translated_async() -> AsyncIterator[None]:
+    with _translated():
+        yield
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.errors import StoreUnavailable
 from mailgate.store.engine import Database
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-Flush = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R | Exception]]]
+Flush = Callable[[Connection, Sequence[T]], Sequence[R | Exception]]
 
 
 class GroupCommit(Generic[T, R]):
@@ -90,8 +90,7 @@ class GroupCommit(Generic[T, R]):
     ) -> None:
         items = [item for item, _ in batch]
         try:
-            async with self._database.write() as conn:
-                results = await self._flush(conn, items)
+            results = await self._database.write(self._flush, items)
         except IntegrityError as exc:
             if len(batch) > 1:
                 for one in batch:

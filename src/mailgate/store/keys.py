@@ -11,8 +11,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, insert, select, update
 
 from mailgate.message import new_id
 from mailgate.store.tables import api_keys
@@ -38,8 +37,8 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-async def create_key(
-    conn: AsyncConnection, *, tenant_id: str, name: str, now: datetime, key: str | None = None
+def create_key(
+    conn: Connection, *, tenant_id: str, name: str, now: datetime, key: str | None = None
 ) -> tuple[ApiKey, str]:
     """Store a new key; returns it and its secret (the only time the secret exists)."""
     secret = key or generate_key()
@@ -51,7 +50,7 @@ async def create_key(
         created_at=now,
         revoked_at=None,
     )
-    await conn.execute(
+    conn.execute(
         insert(api_keys).values(
             id=record.id,
             tenant_id=tenant_id,
@@ -64,10 +63,10 @@ async def create_key(
     return record, secret
 
 
-async def find_key(conn: AsyncConnection, secret: str) -> ApiKey | None:
+def find_key(conn: Connection, secret: str) -> ApiKey | None:
     """The active key with this secret, if any."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(api_keys).where(
                 api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None)
             )
@@ -76,13 +75,13 @@ async def find_key(conn: AsyncConnection, secret: str) -> ApiKey | None:
     return _key(row) if row is not None else None
 
 
-async def list_keys(conn: AsyncConnection) -> list[ApiKey]:
-    rows = await conn.execute(select(api_keys).order_by(api_keys.c.created_at))
+def list_keys(conn: Connection) -> list[ApiKey]:
+    rows = conn.execute(select(api_keys).order_by(api_keys.c.created_at))
     return [_key(r) for r in rows]
 
 
-async def revoke_key(conn: AsyncConnection, key_id: str, *, now: datetime) -> bool:
-    result = await conn.execute(
+def revoke_key(conn: Connection, key_id: str, *, now: datetime) -> bool:
+    result = conn.execute(
         update(api_keys)
         .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
         .values(revoked_at=now)

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, func, select, text
 
 from mailgate.message import Status
 from mailgate.store.records import AttemptView, EventView, MessageView
-from mailgate.store.tables import attempts, events, message_recipients, message_tags, messages
+from mailgate.store.tables import (
+    IN_FLIGHT,
+    WAITING,
+    attempts,
+    events,
+    message_recipients,
+    message_tags,
+    messages,
+)
 
 _COLUMNS = (
     messages.c.id,
@@ -44,21 +51,19 @@ def _view(row: Any, **history: Any) -> MessageView:
     )
 
 
-async def get_message(
-    conn: AsyncConnection, *, tenant_id: str, message_id: str
-) -> MessageView | None:
+def get_message(conn: Connection, *, tenant_id: str, message_id: str) -> MessageView | None:
     """One message with every attempt and event, in order."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(*_COLUMNS).where(messages.c.id == message_id, messages.c.tenant_id == tenant_id)
         )
     ).first()
     if row is None:
         return None
-    attempt_rows = await conn.execute(
+    attempt_rows = conn.execute(
         select(attempts).where(attempts.c.message_id == message_id).order_by(attempts.c.id)
     )
-    event_rows = await conn.execute(
+    event_rows = conn.execute(
         select(events).where(events.c.message_id == message_id).order_by(events.c.id)
     )
     return _view(
@@ -78,8 +83,8 @@ async def get_message(
     )
 
 
-async def list_messages(
-    conn: AsyncConnection,
+def list_messages(
+    conn: Connection,
     *,
     tenant_id: str,
     limit: int,
@@ -106,22 +111,18 @@ async def list_messages(
         )
     if before_id is not None:
         query = query.where(messages.c.id < before_id)
-    rows = await conn.execute(query.order_by(messages.c.id.desc()).limit(limit))
+    rows = conn.execute(query.order_by(messages.c.id.desc()).limit(limit))
     return [_view(r) for r in rows]
 
 
-async def count_waiting(conn: AsyncConnection) -> dict[str, int]:
+def count_waiting(conn: Connection) -> dict[str, int]:
     """How many messages are queued, scheduled and sending (the queue depth)."""
-    due = await conn.execute(
-        select(messages.c.status, func.count())
-        .where(messages.c.status.in_((Status.QUEUED, Status.SCHEDULED)))
-        .group_by(messages.c.status)
+    due = conn.execute(
+        select(messages.c.status, func.count()).where(text(WAITING)).group_by(messages.c.status)
     )
     counts = {Status.QUEUED.value: 0, Status.SCHEDULED.value: 0, Status.SENDING.value: 0}
     counts.update({status: n for status, n in due})
     counts[Status.SENDING.value] = (
-        await conn.execute(
-            select(func.count()).select_from(messages).where(messages.c.status == Status.SENDING)
-        )
+        conn.execute(select(func.count()).select_from(messages).where(text(IN_FLIGHT)))
     ).scalar_one()
     return counts

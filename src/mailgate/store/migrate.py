@@ -35,16 +35,20 @@ def head() -> str:
     return revision
 
 
+def _upgrade(conn: Connection, revision: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    command.upgrade(_config(conn), revision)
+
+
+def _current(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
 async def upgrade(database: Database, revision: str = "head") -> None:
-    async with database.write() as conn:
-        if not database.is_sqlite:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        await conn.run_sync(lambda sync: command.upgrade(_config(sync), revision))
+    await database.write(_upgrade, revision)
 
 
 async def current(database: Database) -> str | None:
     """The revision the database is at, or None when it has no schema yet."""
-    async with database.read() as conn:
-        return await conn.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+    return await database.read(_current)

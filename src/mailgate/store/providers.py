@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mailgate.message import Outcome
 from mailgate.store.tables import attempts, provider_state
@@ -33,8 +32,8 @@ class ProviderState:
     last_error_at: datetime | None = None
 
 
-async def get_states(conn: AsyncConnection) -> dict[str, ProviderState]:
-    rows = await conn.execute(select(provider_state))
+def get_states(conn: Connection) -> dict[str, ProviderState]:
+    rows = conn.execute(select(provider_state))
     return {
         r.name: ProviderState(
             name=r.name,
@@ -50,24 +49,22 @@ async def get_states(conn: AsyncConnection) -> dict[str, ProviderState]:
     }
 
 
-async def update_state(conn: AsyncConnection, name: str, *, now: datetime, **values: Any) -> None:
+def update_state(conn: Connection, /, name: str, *, now: datetime, **values: Any) -> None:
     """Set some of a provider's state columns, creating its row if needed."""
     values["updated_at"] = now
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(provider_state).values(name=name, **values)
-    await conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
+    conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
 
 
-async def recent_outcomes(
-    conn: AsyncConnection, *, since: datetime
-) -> Mapping[str, tuple[int, int]]:
+def recent_outcomes(conn: Connection, *, since: datetime) -> Mapping[str, tuple[int, int]]:
     """Per provider: (attempts, attempts that were not the provider's fault) since `since`.
 
     A rejected message (`permanent`) says nothing bad about the provider, so
     it counts as a success for the provider's health.
     """
     healthy = case((attempts.c.outcome.in_((Outcome.SENT, Outcome.PERMANENT)), 1), else_=0)
-    rows = await conn.execute(
+    rows = conn.execute(
         select(attempts.c.provider, func.count(), func.sum(healthy))
         .where(and_(attempts.c.started_at >= since, attempts.c.provider.is_not(None)))
         .group_by(attempts.c.provider)

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, text, update
 
 from mailgate.message import Email, EventType, Outcome, Status, rfc3339
 from mailgate.store.records import Accepted, Claimed, Finish, NewMessage
 from mailgate.store.tables import (
+    IN_FLIGHT,
+    WAITING,
     attempts,
     events,
     message_bodies,
@@ -26,7 +27,8 @@ from mailgate.store.tables import (
     messages,
 )
 
-_DUE = (Status.QUEUED, Status.SCHEDULED)
+_WAITING = text(WAITING)
+_IN_FLIGHT = text(IN_FLIGHT)
 
 
 def split_email(email: Email) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -40,14 +42,14 @@ def join_email(envelope: dict[str, Any], body: dict[str, Any]) -> Email:
     return Email.from_json({**envelope, **body})
 
 
-async def find_idempotent(
-    conn: AsyncConnection, tenant_id: str, keys: Iterable[str]
+def find_idempotent(
+    conn: Connection, tenant_id: str, keys: Iterable[str]
 ) -> dict[str, tuple[str, str, str]]:
     """Messages already accepted under these keys: key -> (id, status, request_hash)."""
     keys = list(keys)
     if not keys:
         return {}
-    rows = await conn.execute(
+    rows = conn.execute(
         select(
             messages.c.idempotency_key, messages.c.id, messages.c.status, messages.c.request_hash
         ).where(messages.c.tenant_id == tenant_id, messages.c.idempotency_key.in_(keys))
@@ -55,7 +57,7 @@ async def find_idempotent(
     return {r.idempotency_key: (r.id, r.status, r.request_hash or "") for r in rows}
 
 
-async def enqueue(conn: AsyncConnection, items: Sequence[NewMessage]) -> list[Accepted]:
+def enqueue(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted]:
     """Insert new messages with their bodies, recipients, tags and first event."""
     if not items:
         return []
@@ -101,30 +103,30 @@ async def enqueue(conn: AsyncConnection, items: Sequence[NewMessage]) -> list[Ac
                 "detail": detail,
             }
         )
-    await conn.execute(insert(messages), message_rows)
-    await conn.execute(insert(message_bodies), body_rows)
+    conn.execute(insert(messages), message_rows)
+    conn.execute(insert(message_bodies), body_rows)
     if recipient_rows:
-        await conn.execute(insert(message_recipients), recipient_rows)
+        conn.execute(insert(message_recipients), recipient_rows)
     if tag_rows:
-        await conn.execute(insert(message_tags), tag_rows)
-    await conn.execute(insert(events), event_rows)
+        conn.execute(insert(message_tags), tag_rows)
+    conn.execute(insert(events), event_rows)
     return [Accepted(id=item.id, status=item.status, created=True) for item in items]
 
 
-async def claim(
-    conn: AsyncConnection, *, owner: str, now: datetime, lease_until: datetime, limit: int
+def claim(
+    conn: Connection, *, owner: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[Claimed]:
     """Lease up to `limit` due messages, oldest due first, and read their content."""
     due = (
         select(messages.c.id)
-        .where(messages.c.status.in_(_DUE), messages.c.next_attempt_at <= now)
+        .where(_WAITING, messages.c.next_attempt_at <= now)
         .order_by(messages.c.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
     rows = (
-        await conn.execute(
+        conn.execute(
             update(messages)
             .where(messages.c.id.in_(due))
             .values(
@@ -141,7 +143,7 @@ async def claim(
     ).all()
     if not rows:
         return []
-    body_rows = await conn.execute(
+    body_rows = conn.execute(
         select(message_bodies.c.message_id, message_bodies.c.body).where(
             message_bodies.c.message_id.in_([r.id for r in rows])
         )
@@ -159,13 +161,13 @@ async def claim(
     ]
 
 
-async def extend_leases(
-    conn: AsyncConnection, *, owner: str, ids: Sequence[str], lease_until: datetime
+def extend_leases(
+    conn: Connection, *, owner: str, ids: Sequence[str], lease_until: datetime
 ) -> int:
     """Push the lease of messages this worker still holds; returns how many it still held."""
     if not ids:
         return 0
-    result = await conn.execute(
+    result = conn.execute(
         update(messages)
         .where(
             messages.c.id.in_(ids),
@@ -177,11 +179,11 @@ async def extend_leases(
     return result.rowcount
 
 
-async def release(conn: AsyncConnection, *, owner: str, ids: Sequence[str], now: datetime) -> None:
+def release(conn: Connection, *, owner: str, ids: Sequence[str], now: datetime) -> None:
     """Hand back messages claimed but never sent (a worker stopping cleanly)."""
     if not ids:
         return
-    await conn.execute(
+    conn.execute(
         update(messages)
         .where(
             messages.c.id.in_(ids),
@@ -198,7 +200,7 @@ async def release(conn: AsyncConnection, *, owner: str, ids: Sequence[str], now:
     )
 
 
-async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 1000) -> list[str]:
+def reclaim_expired(conn: Connection, *, now: datetime, limit: int = 1000) -> list[str]:
     """Queue again messages whose worker lost its lease mid-send (it died or hung).
 
     The lost try may have reached a provider, so it is recorded as an
@@ -206,9 +208,9 @@ async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 
     resulting double send is visible in the message's history.
     """
     rows = (
-        await conn.execute(
+        conn.execute(
             select(messages.c.id, messages.c.lease_owner, messages.c.lease_until)
-            .where(messages.c.status == Status.SENDING, messages.c.lease_until < now)
+            .where(_IN_FLIGHT, messages.c.lease_until < now)
             .order_by(messages.c.lease_until)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -217,7 +219,7 @@ async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 
     if not rows:
         return []
     ids = [r.id for r in rows]
-    await conn.execute(
+    conn.execute(
         update(messages)
         .where(messages.c.id.in_(ids), messages.c.status == Status.SENDING)
         .values(
@@ -228,7 +230,7 @@ async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 
             updated_at=now,
         )
     )
-    await conn.execute(
+    conn.execute(
         insert(attempts),
         [
             {
@@ -244,7 +246,7 @@ async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 
             for r in rows
         ],
     )
-    await conn.execute(
+    conn.execute(
         insert(events),
         [
             {
@@ -259,7 +261,7 @@ async def reclaim_expired(conn: AsyncConnection, *, now: datetime, limit: int = 
     return ids
 
 
-async def finish(conn: AsyncConnection, items: Sequence[Finish], *, now: datetime) -> None:
+def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
     """Record how delivery rounds ended: status, attempts and events, in one go.
 
     The status changes only while the finishing worker still holds the lease;
@@ -267,7 +269,7 @@ async def finish(conn: AsyncConnection, items: Sequence[Finish], *, now: datetim
     """
     if not items:
         return
-    await conn.execute(
+    conn.execute(
         update(messages)
         .where(
             and_(
@@ -315,38 +317,38 @@ async def finish(conn: AsyncConnection, items: Sequence[Finish], *, now: datetim
         for a in f.attempts
     ]
     if attempt_rows:
-        await conn.execute(insert(attempts), attempt_rows)
+        conn.execute(insert(attempts), attempt_rows)
     event_rows = [
         {"message_id": f.message_id, "type": e.type.value, "at": e.at, "detail": dict(e.detail)}
         for f in items
         for e in f.events
     ]
     if event_rows:
-        await conn.execute(insert(events), event_rows)
+        conn.execute(insert(events), event_rows)
 
 
-async def cancel(conn: AsyncConnection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+def cancel(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
     """Cancel a queued or scheduled message; False when it is in another status."""
-    result = await conn.execute(
+    result = conn.execute(
         update(messages)
         .where(
             messages.c.id == message_id,
             messages.c.tenant_id == tenant_id,
-            messages.c.status.in_(_DUE),
+            _WAITING,
         )
         .values(status=Status.CANCELLED, updated_at=now)
     )
     if result.rowcount != 1:
         return False
-    await conn.execute(
+    conn.execute(
         insert(events).values(message_id=message_id, type=EventType.CANCELLED, at=now, detail={})
     )
     return True
 
 
-async def retry(conn: AsyncConnection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+def retry(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
     """Put a failed message back in the queue with a fresh age window."""
-    result = await conn.execute(
+    result = conn.execute(
         update(messages)
         .where(
             messages.c.id == message_id,
@@ -364,7 +366,15 @@ async def retry(conn: AsyncConnection, *, tenant_id: str, message_id: str, now: 
     )
     if result.rowcount != 1:
         return False
-    await conn.execute(
+    conn.execute(
         insert(events).values(message_id=message_id, type=EventType.RETRIED, at=now, detail={})
     )
     return True
+
+
+def status_of(conn: Connection, *, tenant_id: str, message_id: str) -> str | None:
+    return conn.execute(
+        select(messages.c.status).where(
+            messages.c.id == message_id, messages.c.tenant_id == tenant_id
+        )
+    ).scalar()

@@ -68,7 +68,11 @@ def _json() -> JSON:
     return JSON(none_as_null=True)
 
 
-_QUEUED = "status IN ('queued', 'scheduled')"
+# The partial indexes' conditions, also used verbatim in the queries that must
+# use those indexes: SQLite picks a partial index only when the query repeats
+# its condition with the same constants (a bound `status IN (?, ?)` does not).
+WAITING = "status IN ('queued', 'scheduled')"
+IN_FLIGHT = "status = 'sending'"
 
 messages = Table(
     "messages",
@@ -94,14 +98,14 @@ messages = Table(
     Index(
         "ix_messages_due",
         "next_attempt_at",
-        sqlite_where=text(_QUEUED),
-        postgresql_where=text(_QUEUED),
+        sqlite_where=text(WAITING),
+        postgresql_where=text(WAITING),
     ),
     Index(
         "ix_messages_lease",
         "lease_until",
-        sqlite_where=text("status = 'sending'"),
-        postgresql_where=text("status = 'sending'"),
+        sqlite_where=text(IN_FLIGHT),
+        postgresql_where=text(IN_FLIGHT),
     ),
     Index(
         "uq_messages_idempotency",

@@ -66,6 +66,7 @@ class FakeProvider:
         self.received: deque[Received] = deque(maxlen=keep)
         self.counts: Counter[str] = Counter()
         self.requests = 0
+        self.taken = 0
 
     def routes(self) -> list[Route]:
         raise NotImplementedError
@@ -76,6 +77,7 @@ class FakeProvider:
                 *self.routes(),
                 Route("/_fake/behaviour", self._set_behaviour, methods=["POST"]),
                 Route("/_fake/messages", self._messages, methods=["GET", "DELETE"]),
+                Route("/_fake/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -84,10 +86,12 @@ class FakeProvider:
         self.received.clear()
         self.counts.clear()
         self.requests = 0
+        self.taken = 0
 
     def record(
         self, provider_message_id: str, mailgate_id: str | None, fields: dict[str, Any]
     ) -> None:
+        self.taken += 1
         self.received.append(Received(provider_message_id, mailgate_id, fields))
         if mailgate_id is not None:
             self.counts[mailgate_id] += 1
@@ -122,6 +126,18 @@ class FakeProvider:
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(asdict(self.behaviour))
+
+    async def _stats(self, _: Request) -> Response:
+        """Counts only: cheap to poll while thousands of messages arrive."""
+        doubles = sum(1 for n in self.counts.values() if n > 1)
+        return JSONResponse(
+            {
+                "requests": self.requests,
+                "taken": self.taken,
+                "unique": len(self.counts),
+                "doubles": doubles,
+            }
+        )
 
     async def _messages(self, request: Request) -> Response:
         if request.method == "DELETE":

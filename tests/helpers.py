@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -81,11 +82,16 @@ def message(**fields: Any) -> dict[str, Any]:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, interval: float = 0.02
+    check: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0, interval: float = 0.02
 ) -> None:
-    """Wait until `check()` is true; fail the test after `timeout` seconds (a hang guard)."""
+    """Wait until `check()` (sync or async) is true; fail after `timeout` s (a hang guard)."""
     deadline = time.monotonic() + timeout
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)

@@ -161,9 +161,14 @@ async def serve(
                 settings, store, metrics, on_provider_change=pool.refresh if pool else None
             )
             secret, origin = await bootstrap_key(store, settings)
-            server = await stack.enter_async_context(
-                serve_asgi(app, host=settings.server.host, port=settings.server.port)
-            )
+            host, port = settings.server.host, settings.server.port
+            try:
+                server = await stack.enter_async_context(serve_asgi(app, host=host, port=port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                    "(server.host / server.port, MAILGATE_SERVER__PORT)"
+                ) from None
             announce(f"mailgate is listening on {server.url} (database {settings.database.url})")
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
             if runner is None:

@@ -54,8 +54,12 @@ async def serve_asgi(
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
         # without it Nagle holds back the body behind the headers (40 ms delayed ACKs).
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,

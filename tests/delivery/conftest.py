@@ -88,17 +88,22 @@ async def run(database_url: str, fakes: Fakes, store: Store) -> AsyncIterator[Ru
     to both default providers (primary: SendGrid, backup: Mailgun).
     """
     harnesses: list[Harness] = []
+    stores: list[Store] = []
 
     async def start(
         *, start: bool = True, provider_overrides: dict[str, Any] | None = None, **sections: Any
     ) -> Harness:
         if "providers" not in sections:
             sections["providers"] = fakes.providers(**(provider_overrides or {}))
+        own_store = "database" in sections  # its own engine, with its own database settings
         settings = make_settings(database_url, fakes, **sections)
+        the_store = Store(settings.database) if own_store else store
+        if own_store:
+            stores.append(the_store)
         metrics = Metrics()
-        pool = ProviderPool(settings, store, metrics)
-        worker = Worker(settings, store, pool, metrics)
-        harness = Harness(settings, store, metrics, pool, worker, fakes)
+        pool = ProviderPool(settings, the_store, metrics)
+        worker = Worker(settings, the_store, pool, metrics)
+        harness = Harness(settings, the_store, metrics, pool, worker, fakes)
         harnesses.append(harness)
         if start:
             harness.start()
@@ -108,3 +113,5 @@ async def run(database_url: str, fakes: Fakes, store: Store) -> AsyncIterator[Ru
     for harness in harnesses:
         await harness.stop()
         await harness.pool.close()
+    for own in stores:
+        await own.close()

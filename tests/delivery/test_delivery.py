@@ -264,7 +264,7 @@ async def test_stopping_lets_in_flight_sends_finish(run: Run) -> None:
     h = await run()
     h.fakes.sendgrid.behaviour.latency = 0.3
     ids = [await h.send() for _ in range(20)]
-    await eventually(lambda: _true(h.fakes.sendgrid.requests > 0))
+    await eventually(lambda: h.fakes.sendgrid.requests > 0)
     await h.stop()
     views = [await h.message(i) for i in ids]
     assert all(v.status in ("sent", "queued") for v in views)
@@ -286,7 +286,3 @@ async def test_many_messages_each_sent_exactly_once(run: Run) -> None:
     counts = h.fakes.sendgrid.counts
     assert sorted(counts) == sorted(ids)
     assert set(counts.values()) == {1}
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,12 @@ def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
 def test_a_worker_needs_real_providers(config: Path) -> None:
     code, _, err = mailgate("worker", "--config", str(config))
     assert code == 2 and "no providers configured" in err
+
+
+def test_a_taken_port_is_a_clear_error(config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = mailgate("serve", "--port", str(port), "--config", str(config))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err

@@ -61,15 +61,7 @@ def new_message_json(item: NewMessage) -> dict[str, Any]:
     """A just-accepted message, without reading it back."""
     email = item.email
     at = rfc3339(item.created_at)
-    event: dict[str, Any] = {
-        "type": "scheduled" if item.send_at else "accepted",
-        "at": at,
-        "detail": {},
-    }
-    if item.send_at is not None:
-        event["detail"]["send_at"] = rfc3339(item.send_at)
-    if item.forced_provider:
-        event["detail"]["provider"] = item.forced_provider
+    kind, detail = item.first_event()
     return {
         "id": item.id,
         "status": item.status.value,
@@ -89,5 +81,5 @@ def new_message_json(item: NewMessage) -> dict[str, Any]:
         "created_at": at,
         "updated_at": at,
         "attempts": [],
-        "events": [event],
+        "events": [{"type": kind.value, "at": at, "detail": detail}],
     }

@@ -152,12 +152,32 @@ class Worker:
             self._wake.set()
 
     async def _store_finish(self, finish: Finish) -> None:
+        """Store how the round ended, retrying through a store outage.
+
+        While retrying the lease is kept, so nobody else sends the message. A
+        worker told to stop gives up after `lease_seconds`: the lease then runs
+        out and the message is delivered again (the lost round is recorded as
+        an ambiguous attempt) rather than the process never exiting.
+        """
         delay = 0.1
+        gave_up_at: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.store.finish(finish)
                 return
             except StoreUnavailable as exc:
+                if self._stopping.is_set():
+                    gave_up_at = gave_up_at or loop.time() + self.delivery.lease_seconds
+                    if loop.time() > gave_up_at:
+                        log.error(
+                            "worker %s: message %s: stopping without storing its %s round: %s",
+                            self.id,
+                            finish.message_id,
+                            finish.status.value,
+                            exc,
+                        )
+                        return
                 log.warning(
                     "worker %s: message %s: cannot store the round's end (%s); retrying",
                     self.id,

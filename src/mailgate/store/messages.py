@@ -9,7 +9,6 @@ from sqlalchemy import Connection, func, select, text
 from mailgate.message import Status
 from mailgate.store.records import AttemptView, EventView, MessageView
 from mailgate.store.tables import (
-    IN_FLIGHT,
     WAITING,
     attempts,
     events,
@@ -123,6 +122,8 @@ def count_waiting(conn: Connection) -> dict[str, int]:
     counts = {Status.QUEUED.value: 0, Status.SCHEDULED.value: 0, Status.SENDING.value: 0}
     counts.update({status: n for status, n in due})
     counts[Status.SENDING.value] = (
-        conn.execute(select(func.count()).select_from(messages).where(text(IN_FLIGHT)))
+        conn.execute(
+            select(func.count()).select_from(messages).where(messages.c.status == Status.SENDING)
+        )
     ).scalar_one()
     return counts

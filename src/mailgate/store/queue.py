@@ -1,9 +1,10 @@
-"""All queue SQL: one function per statement group, each run inside a transaction
-the caller holds (`Database.write()`).
+"""All queue SQL: one function per operation, each a plain function of a
+`Connection` that `Database.write` runs inside one transaction.
 
-SQLite and PostgreSQL differ only here: PostgreSQL claims with
-`FOR UPDATE SKIP LOCKED` (SQLAlchemy renders nothing for it on SQLite, where
-the writer already holds the database's only write lock).
+The same statements serve SQLite and PostgreSQL. PostgreSQL claims with
+`FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other;
+SQLAlchemy renders nothing for it on SQLite, where a writer already holds
+the database's only write lock.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, text, update
 
-from mailgate.message import Email, EventType, Outcome, Status, rfc3339
-from mailgate.store.records import Accepted, Claimed, Finish, NewMessage
+from mailgate.message import Email, EventType, Outcome, Status
+from mailgate.store.records import Claimed, Finish, NewMessage
 from mailgate.store.tables import (
-    IN_FLIGHT,
     WAITING,
     attempts,
     events,
@@ -28,7 +28,6 @@ from mailgate.store.tables import (
 )
 
 _WAITING = text(WAITING)
-_IN_FLIGHT = text(IN_FLIGHT)
 
 
 def split_email(email: Email) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,10 +56,10 @@ def find_idempotent(
     return {r.idempotency_key: (r.id, r.status, r.request_hash or "") for r in rows}
 
 
-def enqueue(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted]:
+def enqueue(conn: Connection, items: Sequence[NewMessage]) -> None:
     """Insert new messages with their bodies, recipients, tags and first event."""
     if not items:
-        return []
+        return
     message_rows: list[dict[str, Any]] = []
     body_rows: list[dict[str, Any]] = []
     recipient_rows: list[dict[str, Any]] = []
@@ -90,18 +89,9 @@ def enqueue(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted]:
         emails = {a.email.lower() for a in (*item.email.to, *item.email.cc, *item.email.bcc)}
         recipient_rows.extend({"message_id": item.id, "email": e} for e in emails)
         tag_rows.extend({"message_id": item.id, "tag": t} for t in set(item.email.tags))
-        detail: dict[str, Any] = {}
-        if item.send_at is not None:
-            detail["send_at"] = rfc3339(item.send_at)
-        if item.forced_provider:
-            detail["provider"] = item.forced_provider
+        kind, detail = item.first_event()
         event_rows.append(
-            {
-                "message_id": item.id,
-                "type": EventType.SCHEDULED if item.send_at is not None else EventType.ACCEPTED,
-                "at": item.created_at,
-                "detail": detail,
-            }
+            {"message_id": item.id, "type": kind, "at": item.created_at, "detail": detail}
         )
     conn.execute(insert(messages), message_rows)
     conn.execute(insert(message_bodies), body_rows)
@@ -110,7 +100,6 @@ def enqueue(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted]:
     if tag_rows:
         conn.execute(insert(message_tags), tag_rows)
     conn.execute(insert(events), event_rows)
-    return [Accepted(id=item.id, status=item.status, created=True) for item in items]
 
 
 def claim(
@@ -210,7 +199,7 @@ def reclaim_expired(conn: Connection, *, now: datetime, limit: int = 1000) -> li
     rows = (
         conn.execute(
             select(messages.c.id, messages.c.lease_owner, messages.c.lease_until)
-            .where(_IN_FLIGHT, messages.c.lease_until < now)
+            .where(messages.c.status == Status.SENDING, messages.c.lease_until < now)
             .order_by(messages.c.lease_until)
             .limit(limit)
             .with_for_update(skip_locked=True)

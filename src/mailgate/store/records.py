@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mailgate.message import Email, EventType, Outcome, Status
+from mailgate.message import Email, EventType, Outcome, Status, rfc3339
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +26,16 @@ class NewMessage:
     @property
     def status(self) -> Status:
         return Status.SCHEDULED if self.send_at is not None else Status.QUEUED
+
+    def first_event(self) -> tuple[EventType, dict[str, Any]]:
+        """The event that opens its history: `accepted`, or `scheduled` with the time."""
+        detail: dict[str, Any] = {}
+        if self.send_at is not None:
+            detail["send_at"] = rfc3339(self.send_at)
+        if self.forced_provider:
+            detail["provider"] = self.forced_provider
+        kind = EventType.SCHEDULED if self.send_at is not None else EventType.ACCEPTED
+        return kind, detail
 
 
 @dataclass(frozen=True, slots=True)

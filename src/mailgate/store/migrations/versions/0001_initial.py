@@ -71,13 +71,6 @@ def upgrade() -> None:
         postgresql_where=sa.text(_QUEUED),
     )
     op.create_index(
-        "ix_messages_lease",
-        "messages",
-        ["lease_until"],
-        sqlite_where=sa.text("status = 'sending'"),
-        postgresql_where=sa.text("status = 'sending'"),
-    )
-    op.create_index(
         "uq_messages_idempotency",
         "messages",
         ["tenant_id", "idempotency_key"],
@@ -86,7 +79,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     )
     op.create_index("ix_messages_tenant_id_id", "messages", ["tenant_id", "id"])
-    op.create_index("ix_messages_tenant_id_status_id", "messages", ["tenant_id", "status", "id"])
+    op.create_index("ix_messages_status_tenant_id_id", "messages", ["status", "tenant_id", "id"])
 
     op.create_table(
         "message_bodies",

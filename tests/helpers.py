@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.config import Settings
+from mailgate.message import Address, Email, new_id
 from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
+from mailgate.store import NewMessage, utcnow
 
 SENDGRID_KEY = "SG.test-key"
 MAILGUN_KEY = "key-test"
@@ -67,6 +69,30 @@ def make_settings(database_url: str, fakes: Fakes | None = None, **sections: Any
         providers=providers,
         **sections,
     )
+
+
+def email(**fields: Any) -> Email:
+    """A valid `Email` as the store keeps it, with `fields` replacing defaults."""
+    values: dict[str, Any] = {
+        "sender": Address("ada@example.com", "Ada"),
+        "to": (Address("bob@example.org"),),
+        "subject": "Hello",
+        "text": "Hi",
+    }
+    values.update(fields)
+    return Email(**values)
+
+
+def new_message(**fields: Any) -> NewMessage:
+    """A `NewMessage` ready to accept, with `fields` replacing defaults."""
+    values: dict[str, Any] = {
+        "id": new_id("msg"),
+        "tenant_id": "default",
+        "email": email(),
+        "created_at": utcnow(),
+    }
+    values.update(fields)
+    return NewMessage(**values)
 
 
 def message(**fields: Any) -> dict[str, Any]:

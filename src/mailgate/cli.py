@@ -305,13 +305,16 @@ def keys_revoke(
 # --- database -------------------------------------------------------------------
 
 
+def _without_auto_migrate(settings: Settings) -> Settings:
+    """`db` commands migrate (or report) on purpose, never as a side effect of opening."""
+    database = settings.database.model_copy(update={"auto_migrate": False})
+    return settings.model_copy(update={"database": database})
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Bring the schema up to date (also done by serve/worker when database.auto_migrate)."""
-    settings = _settings(config)
-    no_auto = settings.model_copy(
-        update={"database": settings.database.model_copy(update={"auto_migrate": False})}
-    )
+    no_auto = _without_auto_migrate(_settings(config))
 
     async def job(store: Store) -> str | None:
         await migrations.upgrade(store.db)
@@ -324,10 +327,7 @@ def db_upgrade(config: ConfigOption = None) -> None:
 @db_app.command("current")
 def db_current(config: ConfigOption = None) -> None:
     """Print the schema revision (and whether it is the newest)."""
-    settings = _settings(config)
-    no_auto = settings.model_copy(
-        update={"database": settings.database.model_copy(update={"auto_migrate": False})}
-    )
+    no_auto = _without_auto_migrate(_settings(config))
     revision = _run(lambda: _with_store(no_auto, lambda s: migrations.current(s.db)))
     head = migrations.head()
     note = "up to date" if revision == head else f"behind: newest is {head}"

@@ -74,7 +74,13 @@ class _ProviderBase(_Section):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
-class SendGridSettings(_ProviderBase):
+class HttpProviderSettings(_ProviderBase):
+    """A provider reached over HTTPS; each type sets its own default `base_url`."""
+
+    base_url: str
+
+
+class SendGridSettings(HttpProviderSettings):
     type: Literal["sendgrid"]
     api_key: SecretStr
     base_url: str = "https://api.sendgrid.com"
@@ -82,7 +88,7 @@ class SendGridSettings(_ProviderBase):
     _check_key = field_validator("api_key")(_not_placeholder)
 
 
-class MailgunSettings(_ProviderBase):
+class MailgunSettings(HttpProviderSettings):
     type: Literal["mailgun"]
     api_key: SecretStr
     domain: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9.-]+$")]

@@ -12,10 +12,9 @@ import pytest
 
 from mailgate.config import Settings
 from mailgate.delivery import ProviderPool, Worker
-from mailgate.message import Address, Email, new_id
 from mailgate.metrics import Metrics
-from mailgate.store import MessageView, NewMessage, Store, utcnow
-from tests.helpers import Fakes, eventually, make_settings
+from mailgate.store import MessageView, Store
+from tests.helpers import Fakes, email, eventually, make_settings, new_message
 
 DONE = ("sent", "failed", "cancelled")
 
@@ -42,21 +41,7 @@ class Harness:
     async def send(
         self, *, provider: str | None = None, send_at: datetime | None = None, **fields: Any
     ) -> str:
-        values: dict[str, Any] = {
-            "sender": Address("ada@example.com", "Ada"),
-            "to": (Address("bob@example.org"),),
-            "subject": "Hello",
-            "text": "Hi",
-        }
-        values.update(fields)
-        item = NewMessage(
-            id=new_id("msg"),
-            tenant_id="default",
-            email=Email(**values),
-            created_at=utcnow(),
-            send_at=send_at,
-            forced_provider=provider,
-        )
+        item = new_message(email=email(**fields), send_at=send_at, forced_provider=provider)
         await self.store.accept(item)
         return item.id
 

@@ -10,31 +10,13 @@ import pytest
 from sqlalchemy import func, select, update
 
 from mailgate.errors import Conflict, IdempotencyMismatch, NotFound
-from mailgate.message import Address, Email, EventType, Outcome, Status, new_id
+from mailgate.message import Address, EventType, Outcome, Status, new_id
 from mailgate.store import AttemptRecord, EventRecord, Finish, NewMessage, Store, utcnow
 from mailgate.store.tables import messages
+from tests import helpers
 
-
-def email(**fields: Any) -> Email:
-    values: dict[str, Any] = {
-        "sender": Address("ada@example.com", "Ada"),
-        "to": (Address("bob@example.org"),),
-        "subject": "Hello",
-        "text": "Hi",
-    }
-    values.update(fields)
-    return Email(**values)
-
-
-def new(**fields: Any) -> NewMessage:
-    values: dict[str, Any] = {
-        "id": new_id("msg"),
-        "tenant_id": "default",
-        "email": email(),
-        "created_at": utcnow(),
-    }
-    values.update(fields)
-    return NewMessage(**values)
+email = helpers.email
+new = helpers.new_message
 
 
 async def count(store: Store, **where: Any) -> int:

@@ -59,20 +59,12 @@ def message_json(view: MessageView, *, history: bool = True) -> dict[str, Any]:
 
 def new_message_json(item: NewMessage) -> dict[str, Any]:
     """A just-accepted message, without reading it back."""
-    email = item.email
     at = rfc3339(item.created_at)
     kind, detail = item.first_event()
     return {
         "id": item.id,
         "status": item.status.value,
-        "from": email.sender.to_json(),
-        "to": [a.to_json() for a in email.to],
-        "cc": [a.to_json() for a in email.cc],
-        "bcc": [a.to_json() for a in email.bcc],
-        "reply_to": [a.to_json() for a in email.reply_to],
-        "subject": email.subject,
-        "tags": list(email.tags),
-        "metadata": dict(email.metadata),
+        **_envelope(item.email.to_json()),
         "send_at": rfc3339(item.send_at),
         "provider": item.forced_provider,
         "provider_message_id": None,

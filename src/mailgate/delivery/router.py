@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from mailgate.delivery.backoff import BackoffPolicy
 from mailgate.delivery.pool import ProviderPool, Slot
@@ -53,6 +54,7 @@ def outcome_of(error: ProviderError) -> Outcome:
 @dataclass
 class _Round:
     message: Claimed
+    owner: str
     attempts: list[AttemptRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     last_error: str | None = None
@@ -60,6 +62,17 @@ class _Round:
 
     def event(self, kind: EventType, **detail: object) -> None:
         self.events.append(EventRecord(kind, datetime.now(UTC), detail))
+
+    def finish(self, status: Status, **fields: Any) -> Finish:
+        return Finish(
+            message_id=self.message.id,
+            lease_owner=self.owner,
+            status=status,
+            rounds=self.message.rounds + 1,
+            attempts=tuple(self.attempts),
+            events=tuple(self.events),
+            **fields,
+        )
 
 
 class Router:
@@ -78,12 +91,12 @@ class Router:
 
     async def deliver(self, message: Claimed, *, owner: str) -> Finish:
         """Run one round and say how it ended (the caller stores it)."""
-        round_ = _Round(message)
+        round_ = _Round(message, owner)
         failed_slot: Slot | None = None
         candidates = self._pool.ordered(message.forced_provider)
         if message.forced_provider is not None and not candidates:
             error = f"provider {message.forced_provider!r} is not configured"
-            return self._finish_failed(round_, owner, Outcome.PERMANENT, error)
+            return self._finish_failed(round_, Outcome.PERMANENT, error)
         for slot in candidates:
             reason = slot.unavailable_reason(time.time())
             if reason is not None:
@@ -113,7 +126,7 @@ class Router:
                 round_.last_error = str(error)
                 if isinstance(error, MessageRejected):
                     await self._pool.succeeded(slot)  # the provider works; the message is bad
-                    return self._finish_failed(round_, owner, Outcome.PERMANENT, str(error))
+                    return self._finish_failed(round_, Outcome.PERMANENT, str(error))
                 if isinstance(error, ProviderThrottled):
                     await self._pool.throttled(slot, error, error.retry_after)
                 elif isinstance(error, ProviderAuthError):
@@ -129,17 +142,10 @@ class Router:
                 EventType.SENT, provider=slot.name, provider_message_id=result.provider_message_id
             )
             self._metrics.sent.labels(slot.name).inc()
-            return Finish(
-                message_id=message.id,
-                lease_owner=owner,
-                status=Status.SENT,
-                rounds=message.rounds + 1,
-                attempts=tuple(round_.attempts),
-                events=tuple(round_.events),
-                provider=slot.name,
-                provider_message_id=result.provider_message_id,
+            return round_.finish(
+                Status.SENT, provider=slot.name, provider_message_id=result.provider_message_id
             )
-        return self._finish_later(round_, owner)
+        return self._finish_later(round_)
 
     def _attempt(
         self,
@@ -170,21 +176,13 @@ class Router:
                 error=error.detail if error is not None else None,
             )
 
-    def _finish_failed(self, round_: _Round, owner: str, outcome: Outcome, error: str) -> Finish:
+    def _finish_failed(self, round_: _Round, outcome: Outcome, error: str) -> Finish:
         round_.event(EventType.FAILED, reason=error)
         self._metrics.failed.labels(outcome.value).inc()
         log.warning("message %s: failed: %s", round_.message.id, error)
-        return Finish(
-            message_id=round_.message.id,
-            lease_owner=owner,
-            status=Status.FAILED,
-            rounds=round_.message.rounds + 1,
-            attempts=tuple(round_.attempts),
-            events=tuple(round_.events),
-            last_error=error,
-        )
+        return round_.finish(Status.FAILED, last_error=error)
 
-    def _finish_later(self, round_: _Round, owner: str) -> Finish:
+    def _finish_later(self, round_: _Round) -> Finish:
         message = round_.message
         now = datetime.now(UTC)
         rounds = message.rounds + 1
@@ -196,25 +194,8 @@ class Router:
             round_.event(EventType.EXPIRED, reason=reason, rounds=rounds)
             self._metrics.failed.labels("expired").inc()
             log.warning("message %s: expired after %d rounds: %s", message.id, rounds, reason)
-            return Finish(
-                message_id=message.id,
-                lease_owner=owner,
-                status=Status.FAILED,
-                rounds=rounds,
-                attempts=tuple(round_.attempts),
-                events=tuple(round_.events),
-                last_error=f"expired: {reason}",
-            )
+            return round_.finish(Status.FAILED, last_error=f"expired: {reason}")
         next_at = min(now + timedelta(seconds=self._backoff.delay(rounds)), deadline)
         round_.event(EventType.DEFERRED, next_attempt_at=rfc3339(next_at), reason=reason)
         self._metrics.deferred.inc()
-        return Finish(
-            message_id=message.id,
-            lease_owner=owner,
-            status=Status.QUEUED,
-            rounds=rounds,
-            attempts=tuple(round_.attempts),
-            events=tuple(round_.events),
-            last_error=reason,
-            next_attempt_at=next_at,
-        )
+        return round_.finish(Status.QUEUED, last_error=reason, next_attempt_at=next_at)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 
+from mailgate.config import HttpProviderSettings
 from mailgate.errors import (
     MessageRejected,
     ProviderAuthError,
@@ -114,10 +115,10 @@ class HttpProvider(Provider):
     """A provider reached over HTTPS with one pooled aiohttp session."""
 
     def __init__(
-        self, name: str, *, timeout: float, base_url: str, max_connections: int = 100
+        self, settings: HttpProviderSettings, *, timeout: float, max_connections: int = 100
     ) -> None:
-        super().__init__(name, timeout=timeout)
-        self.base_url = base_url.rstrip("/")
+        super().__init__(settings.name, timeout=timeout)
+        self.base_url = settings.base_url.rstrip("/")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 

@@ -40,12 +40,7 @@ class MailgunProvider(HttpProvider):
     def __init__(
         self, settings: MailgunSettings, *, timeout: float, max_connections: int = 100
     ) -> None:
-        super().__init__(
-            settings.name,
-            timeout=timeout,
-            base_url=settings.base_url,
-            max_connections=max_connections,
-        )
+        super().__init__(settings, timeout=timeout, max_connections=max_connections)
         self.domain = settings.domain
         token = base64.b64encode(f"api:{settings.api_key.get_secret_value()}".encode()).decode()
         self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}

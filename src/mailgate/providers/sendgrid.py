@@ -24,12 +24,7 @@ class SendGridProvider(HttpProvider):
     def __init__(
         self, settings: SendGridSettings, *, timeout: float, max_connections: int = 100
     ) -> None:
-        super().__init__(
-            settings.name,
-            timeout=timeout,
-            base_url=settings.base_url,
-            max_connections=max_connections,
-        )
+        super().__init__(settings, timeout=timeout, max_connections=max_connections)
         self._headers = {
             "Authorization": f"Bearer {settings.api_key.get_secret_value()}",
             "Accept": "application/json",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event
 
 from mailgate.config import DatabaseSettings
 from mailgate.errors import StoreUnavailable
@@ -68,3 +69,31 @@ async def test_a_locked_database_is_unavailable_and_loses_nothing(tmp_path: Path
     await store.accept(new())
     assert await count(store) == 2
     await store.close()
+
+
+async def test_claims_read_the_due_index_not_the_whole_queue(tmp_path: Path) -> None:
+    """A claim must take the oldest due rows from the due index, never sort the queue.
+
+    Nothing functional shows the difference; the query plan does (a claim of
+    100 from 20,000 waiting rows took 14 ms with a sort, 5 ms without).
+    """
+    path = tmp_path / "db.sqlite"
+    store = Store(DatabaseSettings(url=f"sqlite:///{path}"))
+    await store.migrate()
+    await store.accept_many([new() for _ in range(50)])
+    statements: list[tuple[str, object]] = []
+    engine = store.db._write_engine
+    assert engine is not None
+
+    def capture(_c: object, _cur: object, statement: str, params: object, *_: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE MESSAGES"):
+            statements.append((statement, params))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    assert len(await store.claim("w", limit=10, lease_seconds=30)) == 10
+    await store.close()
+    [(statement, params)] = statements
+    with sqlite3.connect(path) as raw:
+        plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", params)]  # type: ignore[arg-type]
+    assert any("ix_messages_due" in step for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan

@@ -13,12 +13,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Integer, and_, bindparam, func, insert, select, text, update
 
 from mailgate.message import Email, EventType, Outcome, Status
 from mailgate.store.records import Claimed, Finish, NewMessage
 from mailgate.store.tables import (
     WAITING,
+    Timestamp,
     attempts,
     events,
     message_bodies,
@@ -28,6 +29,19 @@ from mailgate.store.tables import (
 )
 
 _WAITING = text(WAITING)
+
+# SQLite without statistics prefers the status index for `status IN (...)`,
+# then reads and sorts every waiting row; the due index hands over the oldest
+# first, so the claim names it (SQLAlchemy renders no index hints for SQLite).
+_DUE_SQLITE = (
+    text(
+        "SELECT id FROM messages INDEXED BY ix_messages_due "
+        f"WHERE {WAITING} AND next_attempt_at <= :due_now "
+        "ORDER BY next_attempt_at LIMIT :due_limit"
+    )
+    .bindparams(bindparam("due_now", type_=Timestamp()), bindparam("due_limit", type_=Integer()))
+    .columns(messages.c.id)
+)
 
 
 def split_email(email: Email) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -106,14 +120,18 @@ def claim(
     conn: Connection, *, owner: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[Claimed]:
     """Lease up to `limit` due messages, oldest due first, and read their content."""
-    due = (
-        select(messages.c.id)
-        .where(_WAITING, messages.c.next_attempt_at <= now)
-        .order_by(messages.c.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
+    due: Any
+    if conn.dialect.name == "sqlite":
+        due = _DUE_SQLITE.bindparams(due_now=now, due_limit=limit)
+    else:
+        due = (
+            select(messages.c.id)
+            .where(_WAITING, messages.c.next_attempt_at <= now)
+            .order_by(messages.c.next_attempt_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
     rows = (
         conn.execute(
             update(messages)

@@ -22,7 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from mailgate import __version__, service
+from mailgate import __version__, service, supervisor
 from mailgate.api.errors import validation_error
 from mailgate.api.providers import RECENT, provider_json
 from mailgate.api.render import message_json, new_message_json
@@ -117,16 +117,31 @@ def serve(
     ] = False,
     host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
     port: Annotated[int | None, typer.Option(help="Override server.port.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="API processes (server.workers).")
+    ] = None,
 ) -> None:
     """Run the HTTP API and, unless --no-worker, a delivery worker."""
     settings = _settings(config)
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    overrides = {
+        k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None
+    }
     if overrides:
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update=overrides)}
         )
     service.configure_logging(settings.server.log_level)
-    _run(lambda: service.serve(settings, worker=not no_worker, announce=_announce))
+    if settings.server.workers > 1:
+        _run(
+            lambda: supervisor.supervise(
+                settings,
+                api_processes=settings.server.workers,
+                worker=not no_worker,
+                announce=_announce,
+            )
+        )
+    else:
+        _run(lambda: service.serve(settings, worker=not no_worker, announce=_announce))
 
 
 @app.command()

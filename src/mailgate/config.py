@@ -30,6 +30,8 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    """API processes `serve` runs (`serve --workers N`); more than one adds a supervisor."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Requests larger than this are refused with 413 before they are parsed."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -40,7 +42,9 @@ class DatabaseSettings(_Section):
     pool_size: int = Field(default=10, ge=1)
     auto_migrate: bool = True
     busy_timeout_seconds: float = Field(default=5.0, gt=0)
-    """How long a SQLite writer waits for another process's lock before giving up (503)."""
+    """How long a write waits for a lock (SQLite) or a connection (PostgreSQL) before 503."""
+    statement_timeout_seconds: float = Field(default=15.0, gt=0)
+    """PostgreSQL: the longest one statement may take before it fails (no hang on a dead link)."""
 
 
 class DeliverySettings(_Section):

@@ -4,18 +4,27 @@ Names follow the Prometheus naming guide (`mailgate_` prefix, `_total` for
 counters, `_seconds` for durations). Labels are `provider`, `outcome` and
 `status`: never addresses or message ids. Each process (and each test) gets
 its own registry, so nothing is global.
+
+`mailgate serve --workers N` runs several processes; they keep their values
+in files in one directory (prometheus-client's multiprocess mode, switched
+on by `PROMETHEUS_MULTIPROC_DIR` before the processes start), and whichever
+process answers `/metrics` sums them all (`shared_dir`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, shared_dir: Path | None = None) -> None:
+        self.shared_dir = shared_dir
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
@@ -76,16 +85,23 @@ class Metrics:
         )
         self.breaker_open = Gauge(
             "mailgate_provider_breaker_open",
-            "1 while this process sees the provider's breaker open or half-open.",
+            "1 while a worker sees the provider's breaker open or half-open.",
             ["provider"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.queue_depth = Gauge(
             "mailgate_queue_depth",
             "Messages waiting by status (queued, scheduled, sending), read at scrape time.",
             ["status"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.shared_dir))  # type: ignore[no-untyped-call]
+        ProcessCollector(registry=registry)
+        return generate_latest(registry)

@@ -116,7 +116,7 @@ async def bootstrap_key(store: Store, settings: Settings) -> tuple[str | None, s
     return None, "create one with `mailgate keys create --name NAME`"
 
 
-def _install_stop(stop: asyncio.Event) -> Callable[[], None]:
+def install_stop(stop: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -137,7 +137,7 @@ async def serve(
 ) -> None:
     """Run the API (and a worker) until SIGTERM/SIGINT or `stop` is set."""
     stop = stop or asyncio.Event()
-    remove_handlers = _install_stop(stop)
+    remove_handlers = install_stop(stop)
     metrics = Metrics()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -189,7 +189,9 @@ async def serve(
         remove_handlers()
 
 
-async def work(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+async def work(
+    settings: Settings, *, stop: asyncio.Event | None = None, metrics: Metrics | None = None
+) -> None:
     """Run a worker alone until SIGTERM/SIGINT or `stop` is set."""
     if settings.simulated:
         raise ConfigError(
@@ -197,8 +199,8 @@ async def work(settings: Settings, *, stop: asyncio.Event | None = None) -> None
             "(the simulated providers run only inside `mailgate serve`)"
         )
     stop = stop or asyncio.Event()
-    remove_handlers = _install_stop(stop)
-    metrics = Metrics()
+    remove_handlers = install_stop(stop)
+    metrics = metrics or Metrics()
     try:
         store = await open_store(settings)
         pool = ProviderPool(settings, store, metrics)

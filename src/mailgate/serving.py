@@ -38,6 +38,26 @@ class RunningServer:
         self.server.should_exit = True
 
 
+def listening_socket(host: str, port: int, *, backlog: int = 4096) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: any free one), to serve or to share.
+
+    It listens at once: connections made before a server process takes it
+    wait in the kernel's queue instead of being refused.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
+    # without it Nagle holds back the body behind the headers (40 ms delayed ACKs).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 @contextlib.asynccontextmanager
 async def serve_asgi(
     app: Any,
@@ -50,16 +70,7 @@ async def serve_asgi(
 ) -> AsyncIterator[RunningServer]:
     """Run `app` until the block ends; port 0 picks a free port."""
     if sock is None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and
-        # without it Nagle holds back the body behind the headers (40 ms delayed ACKs).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,

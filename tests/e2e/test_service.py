@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,33 @@ async def test_the_readme_run_command(tmp_path: Path) -> None:
         proc.terminate()
         await proc.wait()
     assert proc.returncode == 0
+
+
+async def test_serve_with_several_api_processes(tmp_path: Path) -> None:
+    """`serve --workers 2`: two API processes share the port, a worker process delivers."""
+    async with mailgate("serve", "--workers", "2", "--port", "0", cwd=tmp_path) as server:
+        url = (await server.wait_for(URL))[1]
+        key = (await server.wait_for(KEY))[1]
+        await server.wait_for(re.compile("with 2 API processes and a worker"))
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            ids = []
+            for _ in range(20):
+                # A fresh connection each time, so the kernel can pick either process.
+                async with httpx.AsyncClient(
+                    base_url=url, headers={"Authorization": f"Bearer {key}"}
+                ) as once:
+                    ids.append((await once.post("/v1/messages", json=message())).json()["id"])
+                    assert (await once.get("/readyz")).status_code == 200
+            for message_id in ids:
+                assert (await wait_status(client, message_id, "sent"))["provider"] == "sendgrid"
+            metrics = (await client.get("/metrics")).text
+            # Counted in the API processes and in the worker process, summed.
+            assert "mailgate_messages_accepted_total 20.0" in metrics
+            assert 'mailgate_messages_sent_total{provider="sendgrid"} 20.0' in metrics
+        db = tmp_path / ".mailgate" / "mailgate.db"
+        with sqlite3.connect(db) as conn:
+            kinds = [row[0] for row in conn.execute("SELECT kind FROM nodes")]
+        assert kinds.count("api") == 2
+        assert await server.stop() == 0

@@ -91,6 +91,7 @@ class Worker:
             self._every(REFRESH_SECONDS, self._refresh),
         ]
         helper_tasks = [asyncio.create_task(h) for h in helpers]
+        helper_tasks.append(asyncio.create_task(self.store.listen(self._wake.set)))
         try:
             await self._guarded(self._refresh)
             await self._claim_loop()
@@ -194,6 +195,9 @@ class Worker:
             await self.store.extend_leases(self.id, ids, lease_seconds=self.delivery.lease_seconds)
 
     async def _reclaim(self) -> None:
+        # Our own leases first: after a store outage longer than a lease, our
+        # in-flight messages must not look abandoned to our own reclaimer.
+        await self._keep_leases()
         reclaimed = await self.store.reclaim_expired()
         if reclaimed:
             self.metrics.reclaimed.inc(len(reclaimed))

@@ -37,7 +37,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.config import DatabaseSettings
@@ -99,13 +100,19 @@ class Database:
             )
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="mailgate-sqlite")
         else:
+            # No pre-ping: it would cost a round trip per transaction. A dead
+            # connection fails its transaction once (503, or a worker retry),
+            # and SQLAlchemy then discards the whole pool.
             self._async_engine = create_async_engine(
                 self.url,
                 pool_size=settings.pool_size,
                 max_overflow=settings.pool_size,
-                pool_pre_ping=True,
                 pool_timeout=settings.busy_timeout_seconds,
-                connect_args={"timeout": settings.busy_timeout_seconds},
+                connect_args={
+                    "timeout": settings.busy_timeout_seconds,
+                    "command_timeout": settings.statement_timeout_seconds,
+                    "server_settings": {"application_name": "mailgate"},
+                },
             )
 
     @property
@@ -206,13 +213,13 @@ def _is_busy(exc: OperationalError) -> bool:
 def _translated() -> Iterator[None]:
     try:
         yield
-    except IntegrityError:
-        raise
+    except (IntegrityError, ProgrammingError):
+        raise  # for the caller to judge; a bug, not an outage
     except OperationalError as exc:
         if _is_busy(exc):
             raise _Busy(_describe(exc)) from exc
         raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
-    except (DBAPIError, OSError, TimeoutError) as exc:
+    except (DBAPIError, PoolTimeout, OSError, TimeoutError) as exc:
         raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
 
 

@@ -24,6 +24,7 @@ from mailgate.store import providers as provider_rows
 from mailgate.store.engine import Database
 from mailgate.store.group_commit import GroupCommit
 from mailgate.store.keys import ApiKey
+from mailgate.store.notify import Listener, notify
 from mailgate.store.providers import ProviderState
 from mailgate.store.records import Accepted, Claimed, Finish, MessageView, NewMessage
 
@@ -143,7 +144,20 @@ class Store:
         await self.db.write(queue.release, owner=owner, ids=ids, now=utcnow())
 
     async def reclaim_expired(self) -> list[str]:
-        return await self.db.write(queue.reclaim_expired, now=utcnow())
+        return await self.db.write(_reclaim, utcnow())
+
+    async def listen(self, on_work: Callable[[], None]) -> None:
+        """Call `on_work()` when another process makes work due; runs until cancelled.
+
+        PostgreSQL only (LISTEN/NOTIFY); on SQLite it returns at once and
+        workers in other processes rely on polling.
+        """
+        if self.db.is_sqlite:
+            return
+        listener = Listener(
+            self.settings.url, on_work, connect_timeout=self.settings.busy_timeout_seconds
+        )
+        await listener.run()
 
     # --- providers -----------------------------------------------------------
 
@@ -186,8 +200,16 @@ def _cancel(conn: Connection, tenant_id: str, message_id: str, now: datetime) ->
 def _retry(conn: Connection, tenant_id: str, message_id: str, now: datetime) -> str | None:
     """None when queued again, else the status that prevented it."""
     if queue.retry(conn, tenant_id=tenant_id, message_id=message_id, now=now):
+        notify(conn)
         return None
     return _status(conn, tenant_id, message_id)
+
+
+def _reclaim(conn: Connection, now: datetime) -> list[str]:
+    reclaimed = queue.reclaim_expired(conn, now=now)
+    if reclaimed:
+        notify(conn)
+    return reclaimed
 
 
 def _status(conn: Connection, tenant_id: str, message_id: str) -> str:
@@ -228,6 +250,8 @@ def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accept
         fresh.append(item)
         results.append(Accepted(item.id, item.status, created=True))
     queue.enqueue(conn, fresh)
+    if any(item.send_at is None for item in fresh):
+        notify(conn)
     return results
 
 

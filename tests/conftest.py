@@ -72,11 +72,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: s
     """Every store test runs on SQLite, and on PostgreSQL when one is configured."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/mailgate.db"
+    return _require(postgres_url)
+
+
+def _require(postgres_url: str | None) -> str:
     if postgres_url is None:
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but MAILGATE_TEST_DATABASE_URL is not set")
         pytest.skip("PostgreSQL not configured (MAILGATE_TEST_DATABASE_URL)")
     return postgres_url
+
+
+@pytest.fixture
+async def pg_store(postgres_url: str | None) -> AsyncIterator[Store]:
+    """An empty PostgreSQL store, for the tests that are about PostgreSQL itself."""
+    store = Store(make_settings(_require(postgres_url)).database)
+    await _empty(store)
+    yield store
+    await store.close()
 
 
 async def _empty(store: Store) -> None:

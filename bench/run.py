@@ -1,156 +1,50 @@
 """mailgate's benchmark: the real service, fake providers on loopback, baselines in the same run.
 
-    .venv/bin/python bench/run.py            # every measure, 3 repeats, medians
-    .venv/bin/python bench/run.py --repeats 1 --only accept
+    .venv/bin/python -m bench.run                          # SQLite: every measure, 3 repeats
+    .venv/bin/python -m bench.run --database postgresql    # the PostgreSQL measures
+    .venv/bin/python -m bench.run --repeats 1 --only accept
 
 Every figure is the median of `--repeats` runs and is shown beside a
 baseline measured in the same go on the same machine:
 
-- accepts/s against one SQLite commit per request (WAL, synchronous=FULL:
-  what a durable accept costs without group commit);
+- accepts/s against one durable commit per request on the same engine (what
+  an accept costs without group commit);
 - delivered/s against one aiohttp session pushing SendGrid-shaped requests
-  straight at the same fake provider (the ceiling for one process).
+  straight at the same fake provider (the ceiling for one process);
+- claimed rows/s (PostgreSQL) against the plain `FOR UPDATE SKIP LOCKED`
+  claim a hand-written queue would use, on the same database.
 
 mailgate, the fakes and this load generator each run in their own process
 and share the machine's cores; the load generator's own CPU is part of the
-picture. Results are also written to bench/results/<time>.json.
+picture. PostgreSQL runs use `MAILGATE_BENCH_DATABASE_URL` (default
+postgresql://postgres@127.0.0.1:5432/test) to create a database per run.
+Results are also written to bench/results/<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import re
-import signal
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
+from bench import postgres
+from bench.harness import KEY, MESSAGE, fake, fake_stats, process, service
+
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "bench-key"
-DOMAIN = "mg.bench.test"
-MESSAGE = {
-    "from": "Bench <bench@example.com>",
-    "to": ["reader@example.org"],
-    "subject": "Benchmark",
-    "text": "A short plain-text body, about the size of a receipt notification.",
-    "tags": ["bench"],
-}
-
-
-# --- processes ------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-    reader: asyncio.Task[None] | None = None
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-
-    async def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if match := regex.search(line):
-                    return match
-            if self.proc.returncode is not None:
-                break
-            await asyncio.sleep(0.02)
-        raise RuntimeError(f"no {pattern!r}:\n" + "\n".join(self.lines[-30:]))
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def process(*args: str, cwd: Path) -> AsyncIterator[Proc]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    p = Proc(proc)
-    p.reader = asyncio.create_task(p._read(proc.stdout))
-    try:
-        yield p
-    finally:
-        await p.stop()
-        await p.reader
-
-
-@contextlib.asynccontextmanager
-async def fake(kind: str, latency: float, cwd: Path) -> AsyncIterator[str]:
-    args = ["-m", "mailgate.providers.fakes", kind, "--api-key", KEY, "--domain", DOMAIN]
-    async with process(*args, "--latency", str(latency), "--keep", "0", cwd=cwd) as p:
-        yield (await p.wait_for(r"(http://\S+)"))[1]
-
-
-def write_config(path: Path, sendgrid: str, mailgun: str, **delivery: Any) -> Path:
-    lines = ["[database]", f'url = "sqlite:///{path.parent}/bench.db"', "[delivery]"]
-    lines += [f"{k} = {v}" for k, v in delivery.items()]
-    lines += [
-        "[[providers]]", 'name = "primary"', 'type = "sendgrid"', f'api_key = "{KEY}"',
-        f'base_url = "{sendgrid}"', "priority = 1",
-        "[[providers]]", 'name = "backup"', 'type = "mailgun"', f'api_key = "{KEY}"',
-        f'domain = "{DOMAIN}"', f'base_url = "{mailgun}"', "priority = 2",
-    ]  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@dataclass
-class Service:
-    url: str
-    key: str
-    sendgrid: str
-    mailgun: str
-    config: Path
-    cwd: Path
-
-
-@contextlib.asynccontextmanager
-async def service(
-    *, latency: float = 0.0, worker: bool = True, **delivery: Any
-) -> AsyncIterator[Service]:
-    """Fresh directory and database, two fakes, and `mailgate serve`."""
-    with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as tmp:
-        cwd = Path(tmp)
-        async with fake("sendgrid", latency, cwd) as sg, fake("mailgun", latency, cwd) as mg:
-            config = write_config(cwd / "mailgate.toml", sg, mg, **delivery)
-            args = ["-m", "mailgate", "serve", "--port", "0", "--config", str(config)]
-            if not worker:
-                args.append("--no-worker")
-            async with process(*args, cwd=cwd) as p:
-                url = (await p.wait_for(r"listening on (http://\S+)"))[1]
-                key = (await p.wait_for(r"API key: (mg_\S+)"))[1]
-                yield Service(url, key, sg, mg, config, cwd)
-
-
-async def fake_stats(session: aiohttp.ClientSession, url: str) -> dict[str, int]:
-    async with session.get(f"{url}/_fake/stats") as response:
-        return dict(await response.json())
+Result = dict[str, float]
 
 
 # --- baselines ---------------------------------------------------------------------
@@ -187,26 +81,28 @@ async def baseline_aiohttp_sends(latency: float, n: int, concurrency: int = 200)
             headers = {"Authorization": f"Bearer {KEY}"}
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as session:
-                queue = iter(range(n))
+                todo = iter(range(n))
 
-                async def one_worker() -> None:
-                    for _ in queue:
+                async def sender() -> None:
+                    for _ in todo:
                         async with session.post(
                             f"{url}/v3/mail/send", json=body, headers=headers
                         ) as r:
                             await r.read()
 
                 started = time.perf_counter()
-                await asyncio.gather(*(one_worker() for _ in range(concurrency)))
+                await asyncio.gather(*(sender() for _ in range(concurrency)))
                 return n / (time.perf_counter() - started)
 
 
 # --- mailgate measures -------------------------------------------------------------
 
 
-async def accept_single(n: int, concurrency: int = 64) -> dict[str, float]:
+async def accept_single(
+    n: int, *, engine: str = "sqlite", api_processes: int = 1, concurrency: int = 64
+) -> Result:
     """Single-message POSTs over HTTP, worker off: accepts/s and latency percentiles."""
-    async with service(worker=False) as svc:
+    async with service(engine=engine, worker=False, api_processes=api_processes) as svc:
         headers = {"Authorization": f"Bearer {svc.key}"}
         latencies: list[float] = []
         connector = aiohttp.TCPConnector(limit=concurrency)
@@ -221,7 +117,7 @@ async def accept_single(n: int, concurrency: int = 64) -> dict[str, float]:
                         assert r.status == 202, r.status
                     latencies.append(time.perf_counter() - t0)
 
-            for _ in range(200):  # warm up connections and caches
+            for _ in range(200):  # warm up connections, caches, every process
                 async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
                     await r.read()
             started = time.perf_counter()
@@ -235,14 +131,14 @@ async def accept_single(n: int, concurrency: int = 64) -> dict[str, float]:
     }
 
 
-async def accept_batch(batches: int, size: int = 1000, concurrency: int = 4) -> dict[str, float]:
+async def accept_batch(
+    batches: int, *, engine: str = "sqlite", size: int = 1000, concurrency: int = 4
+) -> Result:
     """`POST /v1/messages/batch` of `size` messages, worker off: accepts/s."""
-    async with service(worker=False) as svc:
-        headers = {"Authorization": f"Bearer {svc.key}"}
+    async with service(engine=engine, worker=False) as svc:
+        headers = {"Authorization": f"Bearer {svc.key}", "Content-Type": "application/json"}
         payload = json.dumps({"messages": [MESSAGE] * size})
-        async with aiohttp.ClientSession(
-            headers=headers | {"Content-Type": "application/json"}
-        ) as session:
+        async with aiohttp.ClientSession(headers=headers) as session:
             todo = iter(range(batches))
 
             async def client() -> None:
@@ -257,9 +153,11 @@ async def accept_batch(batches: int, size: int = 1000, concurrency: int = 4) -> 
     return {"accepts_per_s": batches * size / elapsed}
 
 
-async def delivered(latency: float, n: int) -> dict[str, float]:
-    """Messages queued through the batch API, then one `mailgate worker` drains them."""
-    async with service(latency=latency, worker=False, poll_interval_seconds=0.05) as svc:
+async def delivered(latency: float, n: int, *, engine: str = "sqlite", workers: int = 1) -> Result:
+    """Messages queued through the batch API, then `workers` worker processes drain them."""
+    async with service(
+        engine=engine, latency=latency, worker=False, poll_interval_seconds=0.05
+    ) as svc:
         headers = {"Authorization": f"Bearer {svc.key}", "Content-Type": "application/json"}
         payload = json.dumps({"messages": [MESSAGE] * 1000})
         async with aiohttp.ClientSession(headers=headers) as session:
@@ -267,8 +165,13 @@ async def delivered(latency: float, n: int) -> dict[str, float]:
                 async with session.post(f"{svc.url}/v1/messages/batch", data=payload) as r:
                     assert r.status == 200
             args = ["-m", "mailgate", "worker", "--config", str(svc.config)]
-            async with process(*args, cwd=svc.cwd) as worker:
-                await worker.wait_for("started")
+            async with AsyncExitStack() as stack:
+                procs = [
+                    await stack.enter_async_context(process(*args, cwd=svc.cwd))
+                    for _ in range(workers)
+                ]
+                for p in procs:
+                    await p.wait_for("started")
                 started = time.perf_counter()
                 while (await fake_stats(session, svc.sendgrid))["taken"] < n:
                     await asyncio.sleep(0.05)
@@ -277,7 +180,7 @@ async def delivered(latency: float, n: int) -> dict[str, float]:
     return {"delivered_per_s": n / elapsed, "doubles": stats["doubles"]}
 
 
-async def failover(mode: str, rate: float = 100.0) -> dict[str, float]:
+async def failover(mode: str, rate: float = 100.0) -> Result:
     """A steady stream of sends; the primary starts failing; how long until the backup has them.
 
     `first_backup_s`: from the moment the primary starts failing until the first
@@ -318,16 +221,10 @@ async def failover(mode: str, rate: float = 100.0) -> dict[str, float]:
                     view = await r.json()
                 sent = [e for e in view["events"] if e["type"] == "sent"]
                 if view["provider"] == "backup" and sent:
-                    at = _epoch(sent[0]["at"])
+                    at = datetime.fromisoformat(sent[0]["at"].replace("Z", "+00:00")).timestamp()
                     first_backup = at if first_backup is None else min(first_backup, at)
     assert first_backup is not None
     return {"first_backup_s": first_backup - t0, "primary_quiet_s": last_change - t0}
-
-
-def _epoch(rfc3339: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 # --- running and reporting ----------------------------------------------------------
@@ -346,9 +243,7 @@ class Row:
         return statistics.median(self.runs)
 
 
-async def repeat(
-    times: int, job: Callable[[], Awaitable[dict[str, float]]]
-) -> list[dict[str, float]]:
+async def repeat(times: int, job: Callable[[], Awaitable[Result]]) -> list[Result]:
     results = []
     for i in range(times):
         result = await job()
@@ -359,70 +254,36 @@ async def repeat(
     return results
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["accept", "deliver", "failover"], action="append")
-    parser.add_argument("--messages", type=int, default=10_000, help="messages per delivery run")
-    args = parser.parse_args()
-    only = set(args.only or ["accept", "deliver", "failover"])
-    r = args.repeats
+def col(results: list[Result], key: str) -> list[float]:
+    return [r[key] for r in results]
+
+
+async def sqlite_rows(r: int, only: set[str], messages: int) -> list[Row]:
     rows: list[Row] = []
-
-    def col(results: list[dict[str, float]], key: str) -> list[float]:
-        return [x[key] for x in results]
-
     if "accept" in only:
         print("baseline: one SQLite commit per request", flush=True)
-        sqlite_rate = statistics.median([baseline_sqlite_commits() for _ in range(r)])
-        print(f"    median {sqlite_rate:.0f} commits/s", flush=True)
+        base = statistics.median([baseline_sqlite_commits() for _ in range(r)])
+        print(f"    median {base:.0f} commits/s", flush=True)
         print("accept: single POSTs, 64 clients", flush=True)
         single = await repeat(r, lambda: accept_single(5000))
+        name = "SQLite commit per request"
         rows.append(
             Row(
                 "accepts/s, single POST (64 clients)",
                 "/s",
                 col(single, "accepts_per_s"),
-                sqlite_rate,
-                "SQLite commit per request",
+                base,
+                name,
             )
         )
         rows.append(Row("accept latency p50", "ms", col(single, "p50_ms")))
         rows.append(Row("accept latency p99", "ms", col(single, "p99_ms")))
         print("accept: batches of 1000, 4 clients", flush=True)
         batch = await repeat(r, lambda: accept_batch(30))
-        rows.append(
-            Row(
-                "accepts/s, batch of 1000",
-                "/s",
-                col(batch, "accepts_per_s"),
-                sqlite_rate,
-                "SQLite commit per request",
-            )
-        )
+        rows.append(Row("accepts/s, batch of 1000", "/s", col(batch, "accepts_per_s"), base, name))
     if "deliver" in only:
         for latency in (0.0, 0.05):
-            ms = int(latency * 1000)
-            print(f"baseline: aiohttp straight to the fake, {ms} ms", flush=True)
-            base = statistics.median(
-                [await baseline_aiohttp_sends(latency, args.messages) for _ in range(r)]
-            )
-            print(f"    median {base:.0f} sends/s", flush=True)
-            print(
-                f"deliver: {args.messages} queued messages, provider answers in {ms} ms", flush=True
-            )
-            runs = await repeat(r, lambda latency=latency: delivered(latency, args.messages))  # type: ignore[misc]
-            rows.append(
-                Row(
-                    f"delivered/s, provider {ms} ms",
-                    "/s",
-                    col(runs, "delivered_per_s"),
-                    base,
-                    "aiohttp alone, 200 in flight",
-                )
-            )
+            rows.append(await _delivery_row(r, latency, messages, "sqlite", 1))
     if "failover" in only:
         for mode in ("error", "timeout"):
             print(
@@ -445,7 +306,86 @@ async def main() -> None:
                     col(runs, "primary_quiet_s"),
                 )
             )
+    return rows
 
+
+async def _delivery_row(r: int, latency: float, n: int, engine: str, workers: int) -> Row:
+    ms = int(latency * 1000)
+    print(f"baseline: aiohttp straight to the fake, {ms} ms", flush=True)
+    base = statistics.median([await baseline_aiohttp_sends(latency, n) for _ in range(r)])
+    print(f"    median {base:.0f} sends/s", flush=True)
+    plural = "s" if workers > 1 else ""
+    print(f"deliver: {n} queued, {workers} worker{plural}, provider answers in {ms} ms", flush=True)
+    runs = await repeat(r, lambda: delivered(latency, n, engine=engine, workers=workers))
+    return Row(
+        f"delivered/s, {workers} worker{plural}, provider {ms} ms",
+        "/s",
+        col(runs, "delivered_per_s"),
+        base,
+        "aiohttp alone, 200 in flight",
+    )
+
+
+async def postgres_rows(r: int, only: set[str], messages: int) -> list[Row]:
+    rows: list[Row] = []
+    if "accept" in only:
+        print("baseline: one PostgreSQL commit per request, 64 clients", flush=True)
+        base = statistics.median([await postgres.baseline_commits(5000) for _ in range(r)])
+        print(f"    median {base:.0f} commits/s", flush=True)
+        name = "PostgreSQL commit per request"
+        for processes in (1, 2):
+            print(f"accept: single POSTs, 64 clients, {processes} API process(es)", flush=True)
+            runs = await repeat(
+                r,
+                lambda processes=processes: accept_single(  # type: ignore[misc]
+                    5000, engine="postgresql", api_processes=processes
+                ),
+            )
+            label = f"{processes} API process{'es' if processes > 1 else ''}"
+            rows.append(
+                Row(
+                    f"accepts/s, single POST, {label}", "/s", col(runs, "accepts_per_s"), base, name
+                )
+            )
+            rows.append(Row(f"accept latency p50, {label}", "ms", col(runs, "p50_ms")))
+        print("accept: batches of 1000, 4 clients", flush=True)
+        batch = await repeat(r, lambda: accept_batch(30, engine="postgresql"))
+        rows.append(Row("accepts/s, batch of 1000", "/s", col(batch, "accepts_per_s"), base, name))
+    if "deliver" in only:
+        for workers in (1, 2, 4):
+            rows.append(await _delivery_row(r, 0.05, messages, "postgresql", workers))
+    if "claim" in only:
+        for queued in (10_000, 1_000_000):
+            print(f"claim: one client, 100 at a time, {queued:,} queued", flush=True)
+            runs = await postgres.claim_rates(queued, repeats=r)
+            rows.append(
+                Row(
+                    f"claimed rows/s, mailgate claim, {queued:,} queued",
+                    "/s",
+                    col(runs, "mailgate_per_s"),
+                    statistics.median(col(runs, "plain_per_s")),
+                    "plain SKIP LOCKED claim",
+                )
+            )
+    return rows
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=["accept", "deliver", "failover", "claim"], action="append"
+    )
+    parser.add_argument("--messages", type=int, default=10_000, help="messages per delivery run")
+    args = parser.parse_args()
+    only = set(args.only or ["accept", "deliver", "failover", "claim"])
+    if args.database == "sqlite":
+        rows = await sqlite_rows(args.repeats, only, args.messages)
+    else:
+        rows = await postgres_rows(args.repeats, only, args.messages)
     print()
     print("| measure | median | runs | baseline | ratio |")
     print("|---|---:|---|---|---:|")
@@ -457,7 +397,7 @@ async def main() -> None:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    (out / f"{stamp}.json").write_text(
+    (out / f"{stamp}-{args.database}.json").write_text(
         json.dumps(
             {
                 "command": " ".join(sys.argv),

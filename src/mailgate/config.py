@@ -8,12 +8,22 @@ directly. Unknown keys and placeholder secrets are refused with a
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailgate.errors import ConfigError
@@ -67,15 +77,46 @@ def _not_placeholder(value: SecretStr) -> SecretStr:
     return value
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
+_PER = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(value: str) -> float:
+    """Sends per second from `"100/s"`, `"600/min"` or `"3600/h"`."""
+    match = _RATE.match(value)
+    if match is None:
+        raise ValueError(f"rate {value!r} is not N/s, N/min or N/h")
+    rate = float(match[1]) / _PER[match[2]]
+    if rate <= 0:
+        raise ValueError("a rate limit must be above zero")
+    return rate
+
+
+def _rate(value: str | None) -> str | None:
+    if value is not None:
+        parse_rate(value)
+    return value
+
+
 class _ProviderBase(_Section):
     name: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")]
     priority: int = 1
     weight: int = Field(default=1, ge=1)
     enabled: bool = True
+    rate_limit: Annotated[str | None, AfterValidator(_rate)] = None
+    """Sends per second, minute or hour across every worker (`"100/s"`); none by default."""
+    daily_quota: int | None = Field(default=None, ge=1)
+    """Sends per UTC day across every worker; then the provider waits for tomorrow."""
     breaker_window_seconds: float = Field(default=60.0, gt=0)
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    health_probe_seconds: float = Field(default=0.0, ge=0)
+    """Check the provider's credentials this often with a cheap call; 0 = never."""
+
+    @property
+    def rate_per_second(self) -> float | None:
+        return parse_rate(self.rate_limit) if self.rate_limit is not None else None
 
 
 class HttpProviderSettings(_ProviderBase):
@@ -84,12 +125,16 @@ class HttpProviderSettings(_ProviderBase):
     base_url: str
 
 
+def _secret_field() -> Any:
+    return field_validator("api_key")(_not_placeholder)
+
+
 class SendGridSettings(HttpProviderSettings):
     type: Literal["sendgrid"]
     api_key: SecretStr
     base_url: str = "https://api.sendgrid.com"
 
-    _check_key = field_validator("api_key")(_not_placeholder)
+    _check_key = _secret_field()
 
 
 class MailgunSettings(HttpProviderSettings):
@@ -98,10 +143,111 @@ class MailgunSettings(HttpProviderSettings):
     domain: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9.-]+$")]
     base_url: str = "https://api.mailgun.net"
 
-    _check_key = field_validator("api_key")(_not_placeholder)
+    _check_key = _secret_field()
 
 
-ProviderSettings = Annotated[SendGridSettings | MailgunSettings, Field(discriminator="type")]
+class SesSettings(HttpProviderSettings):
+    """Amazon SES v2; `base_url` defaults to `https://email.{region}.amazonaws.com`."""
+
+    type: Literal["ses"]
+    access_key_id: Annotated[str, Field(min_length=1)]
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+    configuration_set: str | None = None
+    base_url: str = ""
+
+    _check_secret = field_validator("secret_access_key")(_not_placeholder)
+
+    @model_validator(mode="after")
+    def _default_endpoint(self) -> SesSettings:
+        if not self.base_url:
+            object.__setattr__(self, "base_url", f"https://email.{self.region}.amazonaws.com")
+        return self
+
+
+class PostmarkSettings(HttpProviderSettings):
+    type: Literal["postmark"]
+    api_key: SecretStr
+    """The server token."""
+    message_stream: str = "outbound"
+    base_url: str = "https://api.postmarkapp.com"
+
+    _check_key = _secret_field()
+
+
+class ResendSettings(HttpProviderSettings):
+    type: Literal["resend"]
+    api_key: SecretStr
+    base_url: str = "https://api.resend.com"
+
+    _check_key = _secret_field()
+
+
+class BrevoSettings(HttpProviderSettings):
+    type: Literal["brevo"]
+    api_key: SecretStr
+    base_url: str = "https://api.brevo.com"
+
+    _check_key = _secret_field()
+
+
+class MailjetSettings(HttpProviderSettings):
+    type: Literal["mailjet"]
+    api_key: SecretStr
+    api_secret: SecretStr
+    base_url: str = "https://api.mailjet.com"
+
+    _check_key = _secret_field()
+    _check_secret = field_validator("api_secret")(_not_placeholder)
+
+
+class SparkPostSettings(HttpProviderSettings):
+    type: Literal["sparkpost"]
+    api_key: SecretStr
+    base_url: str = "https://api.sparkpost.com"
+
+    _check_key = _secret_field()
+
+
+class MandrillSettings(HttpProviderSettings):
+    type: Literal["mandrill"]
+    api_key: SecretStr
+    base_url: str = "https://mandrillapp.com"
+
+    _check_key = _secret_field()
+
+
+class SmtpSettings(_ProviderBase):
+    """Any SMTP relay (aiosmtplib)."""
+
+    type: Literal["smtp"]
+    host: Annotated[str, Field(min_length=1)]
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    ca_file: Path | None = None
+    """A PEM bundle to verify the relay with; default: the system's trust store."""
+
+
+ProviderSettings = Annotated[
+    SendGridSettings
+    | MailgunSettings
+    | SesSettings
+    | PostmarkSettings
+    | ResendSettings
+    | BrevoSettings
+    | MailjetSettings
+    | SparkPostSettings
+    | MandrillSettings
+    | SmtpSettings,
+    Field(discriminator="type"),
+]
+PROVIDER_TYPES = (
+    "sendgrid", "mailgun", "ses", "postmark", "resend", "brevo", "mailjet", "sparkpost",
+    "mandrill", "smtp",
+)  # fmt: skip
 
 
 class Settings(BaseSettings):
@@ -185,7 +331,7 @@ def describe_validation_error(exc: ValidationError, data: Mapping[str, Any] | No
 
 
 def _is_union_tag(part: int | str) -> bool:
-    return isinstance(part, str) and part in {"sendgrid", "mailgun"}
+    return isinstance(part, str) and part in PROVIDER_TYPES
 
 
 def _dotted(loc: list[int | str], data: Mapping[str, Any]) -> str:

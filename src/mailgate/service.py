@@ -22,7 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from mailgate.api import create_app
-from mailgate.config import MailgunSettings, ProviderSettings, SendGridSettings, Settings
+from mailgate.config import (
+    HttpProviderSettings,
+    MailgunSettings,
+    ProviderSettings,
+    SendGridSettings,
+    Settings,
+)
 from mailgate.delivery import ProviderPool, Worker
 from mailgate.errors import ConfigError
 from mailgate.metrics import Metrics
@@ -144,10 +150,12 @@ async def serve(
             if settings.simulated:
                 sim = await stack.enter_async_context(simulation(settings))
                 settings = sim.settings
+                urls = ", ".join(
+                    p.base_url for p in settings.providers if isinstance(p, HttpProviderSettings)
+                )
                 announce(
                     "No providers configured: simulating SendGrid and Mailgun on loopback "
-                    f"({settings.providers[0].base_url}, "
-                    f"{settings.providers[1].base_url}); nothing leaves this machine."
+                    f"({urls}); nothing leaves this machine."
                 )
             store = await open_store(settings)
             stack.push_async_callback(store.close)

@@ -29,13 +29,16 @@ class Behaviour:
     """How the fake answers the next requests.
 
     `status`: answer every send with this error status (in the provider's
-    own error format) instead of taking the message. `fail_count`: only the
+    own error format) instead of taking the message; `error`: the
+    provider's own error code or name to answer with, where it has them
+    (Postmark's ErrorCode, SES's exception name, Mandrill's `name`). `fail_count`: only the
     next N sends fail that way, then the fake recovers. `hang`: never answer
     (a timeout for the caller). `latency`: seconds to wait before answering.
     `retry_after`: the `Retry-After` header sent with a 429.
     """
 
     status: int | None = None
+    error: str | None = None
     fail_count: int | None = None
     hang: bool = False
     latency: float = 0.0

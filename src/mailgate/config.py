@@ -229,6 +229,8 @@ class SmtpSettings(_ProviderBase):
     tls: Literal["starttls", "implicit", "none"] = "starttls"
     ca_file: Path | None = None
     """A PEM bundle to verify the relay with; default: the system's trust store."""
+    max_connections: int = Field(default=10, ge=1, le=1000)
+    """Connections open to the relay at most (relays cap connections per client)."""
 
 
 ProviderSettings = Annotated[

@@ -47,15 +47,17 @@ class ConfigError(Exception):
 class ProviderError(MailgateError):
     """A provider did not take the message.
 
-    Carries the provider's name, the HTTP status (or SMTP reply code) when one
-    came back, and a trimmed detail: never credentials.
+    Carries the provider's name, the HTTP status (or SMTP reply code, with
+    `wire="SMTP"`) when one came back, and a trimmed detail: never credentials.
     """
 
-    def __init__(self, provider: str, detail: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, provider: str, detail: str, *, status_code: int | None = None, wire: str = "HTTP"
+    ) -> None:
         self.provider = provider
         self.status_code = status_code
         self.detail = _trim(detail)
-        prefix = f"{provider}: HTTP {status_code}: " if status_code else f"{provider}: "
+        prefix = f"{provider}: {wire} {status_code}: " if status_code else f"{provider}: "
         super().__init__(prefix + self.detail)
 
 
@@ -73,9 +75,10 @@ class ProviderUnavailable(ProviderError):
         detail: str,
         *,
         status_code: int | None = None,
+        wire: str = "HTTP",
         ambiguous: bool = False,
     ) -> None:
-        super().__init__(provider, detail, status_code=status_code)
+        super().__init__(provider, detail, status_code=status_code, wire=wire)
         self.ambiguous = ambiguous
 
 
@@ -88,9 +91,10 @@ class ProviderThrottled(ProviderError):
         detail: str,
         *,
         status_code: int | None = 429,
+        wire: str = "HTTP",
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(provider, detail, status_code=status_code)
+        super().__init__(provider, detail, status_code=status_code, wire=wire)
         self.retry_after = retry_after
 
 

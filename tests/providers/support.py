@@ -22,8 +22,11 @@ from typing import Any, ClassVar, TypedDict
 from mailgate.providers import Provider
 from mailgate.providers.fakes import FakeProvider, Received
 
-TIMEOUT = 0.5
-"""Attempt timeout the shared tests give adapters (the hang tests wait this long)."""
+TIMEOUT = 5.0
+"""Attempt timeout the shared tests give adapters: generous, so a loaded machine is no failure.
+
+Tests that make a fake hang pass a short timeout of their own.
+"""
 WRONG_SECRET = "wrong-secret-value"
 """Part of every bad credential a case builds; no error may repeat it."""
 
@@ -77,6 +80,10 @@ class ProviderCase(ABC):
     @abstractmethod
     def provider(self, *, timeout: float = TIMEOUT, good_credentials: bool = True) -> Provider:
         """A fresh adapter pointed at the fake (with wrong credentials on request)."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The `[[providers]]` table (good credentials) that reaches this fake."""
 
     @abstractmethod
     def unreachable(self) -> Provider:

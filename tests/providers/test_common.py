@@ -199,3 +199,19 @@ async def test_connections_are_reused_and_can_be_reopened(case: ProviderCase) ->
     await provider.send("msg_again", FULL)
     await provider.close()
     assert [v["mailgate_id"] for v in case.taken()][-1] == "msg_again"
+
+
+async def test_the_health_probe_proves_the_credentials(case: ProviderCase) -> None:
+    good = case.provider()
+    await good.probe()
+    await good.close()
+    bad = case.provider(good_credentials=False)
+    with pytest.raises(ProviderAuthError) as info:
+        await bad.probe()
+    await bad.close()
+    assert WRONG_SECRET not in str(info.value)
+    down = case.unreachable()
+    with pytest.raises(ProviderUnavailable):
+        await down.probe()
+    await down.close()
+    assert case.taken() == []  # a probe never sends mail

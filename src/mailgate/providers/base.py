@@ -58,6 +58,8 @@ class HttpRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     json: Any = None
     form: aiohttp.FormData | None = None
+    data: bytes | None = None
+    """A body sent byte for byte (a signed body must be exactly what was signed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,15 @@ class Provider(ABC):
         `MessageRejected` (the message itself is bad).
         """
 
+    async def probe(self) -> None:
+        """Check, with a cheap authenticated call, that the provider would take mail.
+
+        Raises the `ProviderError` a send would (`ProviderAuthError` for bad
+        credentials), or `NotImplementedError` when the provider has no such
+        call.
+        """
+        raise NotImplementedError
+
     async def close(self) -> None:  # noqa: B027 - optional for providers without connections
         """Release connections. The provider may be used again afterwards."""
 
@@ -132,6 +143,22 @@ class HttpProvider(Provider):
 
         May raise a `ProviderError` when a 2xx is not really a success.
         """
+
+    def probe_request(self) -> HttpRequest | None:
+        """A cheap authenticated request whose success means the provider would take mail.
+
+        None (the default) when the provider has none; `probe` then raises
+        `NotImplementedError`.
+        """
+        return None
+
+    async def probe(self) -> None:
+        request = self.probe_request()
+        if request is None:
+            raise NotImplementedError
+        response = await self._perform(request)
+        if response.status >= 300:
+            raise self.classify_error(response)
 
     def classify_error(self, response: HttpResponse) -> ProviderError:
         """Map an error response to the outcome table in DESIGN.md.
@@ -178,7 +205,7 @@ class HttpProvider(Provider):
                     request.url,
                     headers=request.headers,
                     json=request.json,
-                    data=request.form,
+                    data=request.form if request.form is not None else request.data,
                 ) as resp:
                     body = await resp.read()
                     return HttpResponse(resp.status, dict(resp.headers), body)

@@ -77,6 +77,12 @@ class MailgunProvider(HttpProvider):
             "POST", f"{self.base_url}/v3/{self.domain}/messages", headers=self._headers, form=form
         )
 
+    def probe_request(self) -> HttpRequest:
+        """The sending domain: a bad key is 401, a wrong domain or region 404."""
+        return HttpRequest(
+            "GET", f"{self.base_url}/v3/domains/{self.domain}", headers=self._headers
+        )
+
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         if not isinstance(data, dict) or "id" not in data:

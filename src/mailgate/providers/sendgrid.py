@@ -69,6 +69,10 @@ class SendGridProvider(HttpProvider):
             "POST", f"{self.base_url}/v3/mail/send", headers=self._headers, json=body
         )
 
+    def probe_request(self) -> HttpRequest:
+        """The key's scopes: cheap, and a 401/403 says the key is no good."""
+        return HttpRequest("GET", f"{self.base_url}/v3/scopes", headers=self._headers)
+
     def parse_success(self, response: HttpResponse) -> SendResult:
         return SendResult(provider_message_id=response.header("X-Message-Id"))
 

@@ -17,6 +17,14 @@ from tests.providers.support import WRONG_SECRET, HttpCase, View, addresses
 class MailgunCase(HttpCase):
     name = "mailgun"
 
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "mailgun",
+            "api_key": MAILGUN_KEY,
+            "domain": MAILGUN_DOMAIN,
+            "base_url": self.url,
+        }
+
     def make(
         self,
         *,

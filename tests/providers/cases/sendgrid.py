@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mailgate.config import SendGridSettings
 from mailgate.providers import Provider, SendGridProvider
@@ -15,6 +16,9 @@ from tests.providers.support import WRONG_SECRET, HttpCase, View, addresses
 
 class SendGridCase(HttpCase):
     name = "sendgrid"
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "sendgrid", "api_key": SENDGRID_KEY, "base_url": self.url}
 
     def make(self, *, base_url: str, timeout: float, good_credentials: bool) -> Provider:
         key = SENDGRID_KEY if good_credentials else f"SG.{WRONG_SECRET}"

@@ -70,6 +70,8 @@ class FakeProvider:
         self.counts: Counter[str] = Counter()
         self.requests = 0
         self.taken = 0
+        self.request_times: list[float] = []
+        """When each authorised send arrived (taken or not), for timing checks."""
 
     def routes(self) -> list[Route]:
         raise NotImplementedError
@@ -81,6 +83,7 @@ class FakeProvider:
                 Route("/_fake/behaviour", self._set_behaviour, methods=["POST"]),
                 Route("/_fake/messages", self._messages, methods=["GET", "DELETE"]),
                 Route("/_fake/stats", self._stats, methods=["GET"]),
+                Route("/_fake/counts", self._counts, methods=["GET"]),
             ]
         )
 
@@ -90,6 +93,7 @@ class FakeProvider:
         self.counts.clear()
         self.requests = 0
         self.taken = 0
+        self.request_times.clear()
 
     def record(
         self, provider_message_id: str, mailgate_id: str | None, fields: dict[str, Any]
@@ -103,6 +107,7 @@ class FakeProvider:
         self, request: Request, error: Callable[[int], Response]
     ) -> Response | None:
         """Apply the current behaviour: wait, hang, or answer with an error; None = go on."""
+        self.request_times.append(time.time())
         b = self.behaviour
         if b.latency:
             await asyncio.sleep(b.latency)
@@ -141,6 +146,10 @@ class FakeProvider:
                 "doubles": doubles,
             }
         )
+
+    async def _counts(self, _: Request) -> Response:
+        """How many times each mailgate id was taken (doubles show as 2 or more)."""
+        return JSONResponse(dict(self.counts))
 
     async def _messages(self, request: Request) -> Response:
         if request.method == "DELETE":

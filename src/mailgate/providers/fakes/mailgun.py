@@ -42,7 +42,19 @@ class FakeMailgun(FakeProvider):
         self.domain = domain
 
     def routes(self) -> list[Route]:
-        return [Route("/v3/{domain}/messages", self._send, methods=["POST"])]
+        return [
+            Route("/v3/{domain}/messages", self._send, methods=["POST"]),
+            Route("/v3/domains/{domain}", self._domain, methods=["GET"]),
+        ]
+
+    async def _domain(self, request: Request) -> Response:
+        expected = "Basic " + base64.b64encode(f"api:{self.api_key}".encode()).decode()
+        if request.headers.get("authorization") != expected:
+            return self._error(401)
+        if request.path_params["domain"] != self.domain:
+            return JSONResponse({"message": "Domain not found"}, status_code=404)
+        failure = await self.misbehave(request, self._error)
+        return failure or JSONResponse({"domain": {"name": self.domain, "state": "active"}})
 
     def _error(self, status: int) -> Response:
         if status == 401:

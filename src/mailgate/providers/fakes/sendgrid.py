@@ -47,7 +47,16 @@ class FakeSendGrid(FakeProvider):
         self.api_key = api_key
 
     def routes(self) -> list[Route]:
-        return [Route("/v3/mail/send", self._send, methods=["POST"])]
+        return [
+            Route("/v3/mail/send", self._send, methods=["POST"]),
+            Route("/v3/scopes", self._scopes, methods=["GET"]),
+        ]
+
+    async def _scopes(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401)
+        failure = await self.misbehave(request, _error)
+        return failure or JSONResponse({"scopes": ["mail.send"]})
 
     async def _send(self, request: Request) -> Response:
         self.requests += 1

@@ -24,12 +24,12 @@ from rich.table import Column, Table
 
 from mailgate import __version__, service, supervisor
 from mailgate.api.errors import validation_error
-from mailgate.api.providers import RECENT, provider_json
+from mailgate.api.providers import provider_reports
 from mailgate.api.render import message_json, new_message_json
 from mailgate.api.schemas import MessageIn
 from mailgate.config import Settings, load_settings
 from mailgate.errors import ConfigError, MailgateError, RequestError
-from mailgate.message import new_id
+from mailgate.message import new_id, rfc3339
 from mailgate.store import NewMessage, Store, utcnow
 from mailgate.store import migrate as migrations
 
@@ -358,19 +358,14 @@ def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> 
     settings = service.effective_settings(_settings(config))
 
     async def job(store: Store) -> list[dict[str, Any]]:
-        states = await store.provider_states()
-        outcomes = await store.recent_outcomes(RECENT)
-        return [
-            provider_json(p, states.get(p.name), outcomes.get(p.name))
-            for p in sorted(settings.providers, key=lambda p: (p.priority, p.name))
-        ]
+        return await provider_reports(store, settings.providers)
 
     rows = _run(lambda: _with_store(settings, job))
     if as_json:
         _print_json({"data": rows})
         return
     table = Table(
-        Column("name", no_wrap=True), Column("type", no_wrap=True), "priority", "enabled",
+        Column("name", no_wrap=True), Column("type", no_wrap=True), "priority", "health",
         "breaker", "success", "last error", box=box.SIMPLE_HEAD,
     )  # fmt: skip
     for r in rows:
@@ -378,9 +373,9 @@ def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> 
         breaker = r["breaker"]["state"]
         if r["simulated_failure"] != "off":
             breaker += f" (drill: {r['simulated_failure']})"
+        health = f"{r['health']['status']} {r['health']['score']}"
         table.add_row(
-            r["name"], r["type"], str(r["priority"]), "yes" if r["enabled"] else "no",
-            breaker, rate, r["last_error"] or "",
+            r["name"], r["type"], str(r["priority"]), health, breaker, rate, r["last_error"] or "",
         )  # fmt: skip
     out.print(table)
 
@@ -390,8 +385,41 @@ def _switch(name: str, config: Path | None, enabled: bool) -> None:
     if name not in {p.name for p in settings.providers}:
         err.print(f"[red]error:[/red] no provider {name!r} is configured", highlight=False)
         raise typer.Exit(1)
-    _run(lambda: _with_store(settings, lambda s: s.update_provider(name, enabled=enabled)))
+
+    async def job(store: Store) -> None:
+        await store.update_provider(name, enabled=enabled)
+        await store.provider_event(name, "enabled" if enabled else "disabled", by="cli")
+
+    _run(lambda: _with_store(settings, job))
     out.print(f"{name} {'enabled' if enabled else 'disabled'}")
+
+
+@providers_app.command("events")
+def providers_events(
+    name: str,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A provider's history: breaker changes, pauses, quotas, failed probes, switches, drills."""
+    settings = service.effective_settings(_settings(config))
+    if name not in {p.name for p in settings.providers}:
+        err.print(f"[red]error:[/red] no provider {name!r} is configured", highlight=False)
+        raise typer.Exit(1)
+
+    async def job(store: Store) -> list[dict[str, Any]]:
+        events = await store.provider_events(name, limit=limit)
+        return [{"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in events]
+
+    rows = _run(lambda: _with_store(settings, job))
+    if as_json:
+        _print_json({"data": rows})
+        return
+    table = Table(Column("at", no_wrap=True), "event", "detail", box=box.SIMPLE_HEAD)
+    for r in rows:
+        detail = ", ".join(f"{k}={v}" for k, v in r["detail"].items())
+        table.add_row(r["at"], r["type"], detail)
+    out.print(table)
 
 
 @providers_app.command("enable")

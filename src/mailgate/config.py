@@ -111,6 +111,8 @@ class _ProviderBase(_Section):
     breaker_min_calls: int = Field(default=10, ge=1)
     breaker_failure_ratio: float = Field(default=0.5, gt=0, le=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    breaker_half_open_calls: int = Field(default=1, ge=1, le=100)
+    """Probe calls let through after the cool-down; all must pass to close the breaker."""
     health_probe_seconds: float = Field(default=0.0, ge=0)
     """Check the provider's credentials this often with a cheap call; 0 = never."""
 

@@ -83,6 +83,13 @@ class Metrics:
             ["provider", "state"],
             registry=r,
         )
+        self.provider_events = Counter(
+            "mailgate_provider_events_total",
+            "Provider events recorded by the delivery side, by kind (breaker_opened, "
+            "breaker_closed, paused, quota_exhausted, probe_failed).",
+            ["provider", "kind"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "mailgate_provider_breaker_open",
             "1 while a worker sees the provider's breaker open or half-open.",

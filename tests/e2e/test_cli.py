@@ -104,7 +104,18 @@ def test_providers(config: Path) -> None:
     assert json.loads(out)["data"][0]["enabled"] is False
     assert mailgate("providers", "enable", "sendgrid", "--config", str(config))[0] == 0
     code, out, _ = mailgate("providers", "list", "--config", str(config))
-    assert code == 0 and "sendgrid" in out
+    assert code == 0 and "sendgrid" in out and "healthy" in out
+    code, out, _ = mailgate("providers", "events", "sendgrid", "--config", str(config), "--json")
+    events = json.loads(out)["data"]
+    assert code == 0 and [(e["type"], e["detail"]["by"]) for e in events] == [
+        ("enabled", "cli"),
+        ("disabled", "cli"),
+    ]
+    code, out, _ = mailgate(
+        "providers", "events", "sendgrid", "--limit", "1", "--config", str(config)
+    )
+    assert code == 0 and "enabled" in out and "disabled" not in out
+    assert mailgate("providers", "events", "nope", "--config", str(config))[0] == 1
     code, _, err = mailgate("providers", "disable", "nope", "--config", str(config))
     assert code == 1 and "no provider 'nope'" in err
 
@@ -113,9 +124,9 @@ def test_db_upgrade_and_current(config: Path) -> None:
     code, out, _ = mailgate("db", "current", "--config", str(config))
     assert code == 0 and out.startswith("empty")
     code, out, _ = mailgate("db", "upgrade", "--config", str(config))
-    assert code == 0 and "0001" in out
+    assert code == 0 and "0002" in out
     code, out, _ = mailgate("db", "current", "--config", str(config))
-    assert out.strip() == "0001 (up to date)"
+    assert out.strip() == "0002 (up to date)"
 
 
 def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:

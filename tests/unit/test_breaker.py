@@ -79,3 +79,52 @@ def test_visible_state() -> None:
     assert visible_state("closed", None, 30, 0) is BreakerState.CLOSED
     assert visible_state("open", 100, 30, 110) is BreakerState.OPEN
     assert visible_state("open", 100, 30, 131) is BreakerState.HALF_OPEN
+
+
+def test_several_half_open_calls_must_all_pass_to_close() -> None:
+    breaker = CircuitBreaker(
+        BreakerConfig(window_seconds=60, min_calls=4, cooldown_seconds=30, half_open_calls=3)
+    )
+    breaker.trip(100)
+    assert [breaker.allow(130) for _ in range(4)] == [True, True, True, False]
+    assert breaker.record_success(131) is None
+    assert breaker.record_success(131) is None
+    assert not breaker.allow(131)  # the third probe is still out
+    assert breaker.record_success(132) is BreakerState.CLOSED
+
+
+def test_one_failed_half_open_call_opens_again() -> None:
+    breaker = CircuitBreaker(
+        BreakerConfig(window_seconds=60, min_calls=4, cooldown_seconds=30, half_open_calls=3)
+    )
+    breaker.trip(100)
+    assert breaker.allow(130) and breaker.allow(130)
+    assert breaker.record_success(131) is None
+    assert breaker.record_failure(131) is BreakerState.OPEN
+    assert not breaker.allow(160) and breaker.allow(161)
+
+
+def test_a_call_started_before_the_breaker_opened_does_not_close_it() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    breaker.trip(100)
+    assert breaker.record_success(105) is None  # not a probe: a slow call from before
+    assert breaker.state(105) is BreakerState.OPEN
+
+
+def test_a_run_of_failures_opens_it_despite_a_healthy_window() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    for t in range(20):
+        breaker.record_success(100 + t * 0.1)  # a healthy spell: the ratio stays low
+    for t in range(3):
+        assert breaker.record_failure(103 + t * 0.1) is None
+    assert breaker.record_failure(104) is BreakerState.OPEN  # 4 (min_calls) in a row
+
+
+def test_a_success_breaks_the_run() -> None:
+    breaker = CircuitBreaker(CONFIG)
+    for t in range(20):
+        breaker.record_success(100 + t * 0.1)
+    for t in range(3):
+        breaker.record_failure(103 + t * 0.1)
+    breaker.record_success(103.5)
+    assert breaker.record_failure(104) is None

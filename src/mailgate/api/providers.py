@@ -1,24 +1,24 @@
-"""`/v1/providers`: each provider's state, and the operator's switches.
+"""`/v1/providers`: each provider's state and health, its history, and the operator's switches.
 
 Everything shown comes from the store, so any API process shows the same
 picture whichever process holds the worker.
 """
 
 import time
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
 from mailgate.api.context import ApiContext
-from mailgate.api.schemas import ErrorOut, ProviderList, ProviderOut, SimulateIn
+from mailgate.api.schemas import ErrorOut, ProviderEventList, ProviderList, ProviderOut, SimulateIn
 from mailgate.config import ProviderSettings
-from mailgate.delivery.breaker import visible_state
+from mailgate.delivery.breaker import BreakerState, visible_state
 from mailgate.errors import NotFound
 from mailgate.message import rfc3339
-from mailgate.store import ApiKey, ProviderState
+from mailgate.store import ApiKey, ProviderState, Store
 
 RECENT = timedelta(minutes=5)
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -28,36 +28,105 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def health(
+    *,
+    enabled: bool,
+    breaker: BreakerState,
+    paused: bool,
+    success_rate: float | None,
+    probe_failed: bool,
+) -> dict[str, Any]:
+    """A 0-100 score and a word for it, from what the provider did lately.
+
+    The recent success rate (100 with no attempts: no evidence of trouble),
+    halved while the breaker is half-open or the provider paused after a 429,
+    at most 25 after a failed health probe; 0 when disabled or the breaker is
+    open. 90 and up is `healthy`, 50 and up `degraded`, below that `down`.
+    """
+    if not enabled:
+        return {"score": 0, "status": "disabled"}
+    if breaker is BreakerState.OPEN:
+        return {"score": 0, "status": "down"}
+    score = 100.0 if success_rate is None else 100.0 * success_rate
+    if breaker is BreakerState.HALF_OPEN or paused:
+        score /= 2
+    if probe_failed:
+        score = min(score, 25.0)
+    status = "healthy" if score >= 90 else "degraded" if score >= 50 else "down"
+    return {"score": round(score), "status": status}
+
+
 def provider_json(
-    settings: ProviderSettings, state: ProviderState | None, outcomes: tuple[int, int] | None
+    settings: ProviderSettings,
+    state: ProviderState | None,
+    outcomes: tuple[int, int] | None,
+    used_today: int = 0,
 ) -> dict[str, Any]:
     state = state or ProviderState(name=settings.name)
+    now = time.time()
     changed = state.breaker_changed_at
     breaker = visible_state(
         state.breaker_state,
         changed.timestamp() if changed is not None else None,
         settings.breaker_cooldown_seconds,
-        time.time(),
+        now,
     )
     total, ok = outcomes or (0, 0)
+    success_rate = round(ok / total, 4) if total else None
+    enabled = settings.enabled if state.enabled is None else state.enabled
+    paused = state.paused_until is not None and state.paused_until.timestamp() > now
     return {
         "name": settings.name,
         "type": settings.type,
-        "enabled": settings.enabled if state.enabled is None else state.enabled,
+        "enabled": enabled,
         "priority": settings.priority,
         "weight": settings.weight,
+        "health": health(
+            enabled=enabled,
+            breaker=breaker,
+            paused=paused,
+            success_rate=success_rate,
+            probe_failed=state.probe_error is not None,
+        ),
         "breaker": {
             "state": breaker.value,
             "changed_at": rfc3339(changed),
             "cooldown_seconds": settings.breaker_cooldown_seconds,
+            "window_seconds": settings.breaker_window_seconds,
+            "min_calls": settings.breaker_min_calls,
+            "failure_ratio": settings.breaker_failure_ratio,
+            "half_open_calls": settings.breaker_half_open_calls,
         },
-        "success_rate": round(ok / total, 4) if total else None,
+        "success_rate": success_rate,
         "attempts_recent": total,
         "last_error": state.last_error,
         "last_error_at": rfc3339(state.last_error_at),
         "paused_until": rfc3339(state.paused_until),
+        "limits": {
+            "rate_limit": settings.rate_limit,
+            "daily_quota": settings.daily_quota,
+            "used_today": used_today,
+        },
+        "probe": {
+            "every_seconds": settings.health_probe_seconds or None,
+            "last_at": rfc3339(state.probed_at),
+            "error": state.probe_error,
+        },
         "simulated_failure": state.simulated_failure,
     }
+
+
+async def provider_reports(
+    store: Store, providers: Sequence[ProviderSettings]
+) -> list[dict[str, Any]]:
+    """Every provider as the API shows it, in the order they are tried."""
+    states = await store.provider_states()
+    outcomes = await store.recent_outcomes(RECENT)
+    used = await store.quota_used(day=datetime.now(UTC).strftime("%Y-%m-%d"))
+    return [
+        provider_json(p, states.get(p.name), outcomes.get(p.name), used.get(p.name, 0))
+        for p in sorted(providers, key=lambda p: (p.priority, p.name))
+    ]
 
 
 def providers_router(ctx: ApiContext) -> APIRouter:
@@ -71,14 +140,13 @@ def providers_router(ctx: ApiContext) -> APIRouter:
         return configured[name]
 
     async def one(name: str) -> dict[str, Any]:
-        settings = find(name)
-        states = await ctx.store.provider_states()
-        outcomes: Mapping[str, tuple[int, int]] = await ctx.store.recent_outcomes(RECENT)
-        return provider_json(settings, states.get(name), outcomes.get(name))
+        [report] = await provider_reports(ctx.store, [find(name)])
+        return report
 
-    async def change(name: str, **values: Any) -> JSONResponse:
+    async def change(name: str, event: str, **values: Any) -> JSONResponse:
         find(name)
         await ctx.store.update_provider(name, **values)
+        await ctx.store.provider_event(name, event, by="api", **values)
         await ctx.on_provider_change()
         return JSONResponse(await one(name))
 
@@ -88,13 +156,7 @@ def providers_router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": ProviderList}, **_ERRORS},
     )
     async def list_providers(_: Key) -> JSONResponse:
-        states = await ctx.store.provider_states()
-        outcomes = await ctx.store.recent_outcomes(RECENT)
-        data = [
-            provider_json(p, states.get(p.name), outcomes.get(p.name))
-            for p in sorted(configured.values(), key=lambda p: (p.priority, p.name))
-        ]
-        return JSONResponse({"data": data})
+        return JSONResponse({"data": await provider_reports(ctx.store, list(configured.values()))})
 
     @router.get(
         "/{name}", summary="One provider", responses={200: {"model": ProviderOut}, **_ERRORS}
@@ -102,13 +164,28 @@ def providers_router(ctx: ApiContext) -> APIRouter:
     async def get_provider(name: str, _: Key) -> JSONResponse:
         return JSONResponse(await one(name))
 
+    @router.get(
+        "/{name}/events",
+        summary="A provider's history, newest first",
+        responses={200: {"model": ProviderEventList}, **_ERRORS},
+    )
+    async def provider_events(
+        name: str, _: Key, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    ) -> JSONResponse:
+        """Breaker openings and closings, pauses after a 429, exhausted quotas, failed
+        probes, and the operator's switches and drills."""
+        find(name)
+        events = await ctx.store.provider_events(name, limit=limit)
+        data = [{"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in events]
+        return JSONResponse({"data": data})
+
     @router.post(
         "/{name}/disable",
         summary="Stop sending through a provider",
         responses={200: {"model": ProviderOut}, **_ERRORS},
     )
     async def disable(name: str, _: Key) -> JSONResponse:
-        return await change(name, enabled=False)
+        return await change(name, "disabled", enabled=False)
 
     @router.post(
         "/{name}/enable",
@@ -116,7 +193,7 @@ def providers_router(ctx: ApiContext) -> APIRouter:
         responses={200: {"model": ProviderOut}, **_ERRORS},
     )
     async def enable(name: str, _: Key) -> JSONResponse:
-        return await change(name, enabled=True)
+        return await change(name, "enabled", enabled=True)
 
     @router.post(
         "/{name}/simulate-failure",
@@ -129,6 +206,6 @@ def providers_router(ctx: ApiContext) -> APIRouter:
         The failure goes through the same code path as a real one: breaker,
         failover, attempts, events and metrics all see it.
         """
-        return await change(name, simulated_failure=body.mode)
+        return await change(name, "drill", simulated_failure=body.mode)
 
     return router

@@ -299,6 +299,27 @@ class BreakerOut(_Model):
     state: Literal["closed", "open", "half_open"]
     changed_at: datetime | None
     cooldown_seconds: float
+    window_seconds: float
+    min_calls: int
+    failure_ratio: float
+    half_open_calls: int
+
+
+class HealthOut(_Model):
+    score: int
+    status: Literal["healthy", "degraded", "down", "disabled"]
+
+
+class LimitsOut(_Model):
+    rate_limit: str | None
+    daily_quota: int | None
+    used_today: int
+
+
+class ProbeOut(_Model):
+    every_seconds: float | None
+    last_at: datetime | None
+    error: str | None
 
 
 class ProviderOut(_Model):
@@ -307,17 +328,24 @@ class ProviderOut(_Model):
     enabled: bool
     priority: int
     weight: int
+    health: HealthOut
     breaker: BreakerOut
     success_rate: float | None
     attempts_recent: int
     last_error: str | None
     last_error_at: datetime | None
     paused_until: datetime | None
+    limits: LimitsOut
+    probe: ProbeOut
     simulated_failure: str
 
 
 class ProviderList(_Model):
     data: list[ProviderOut]
+
+
+class ProviderEventList(_Model):
+    data: list[EventOut]
 
 
 class SimulateIn(_Model):

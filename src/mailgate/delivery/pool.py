@@ -1,24 +1,32 @@
 """The configured providers as one worker process sees them, kept in step with the store.
 
 Each provider has a slot: its adapter, its circuit breaker, whether an
-operator enabled it, until when it is paused (a 429), and which drill is on.
-The operator's switches and the breaker's open/close changes are kept in the
-store; `refresh` (every second, and at once after a local API change) brings
-this process's view up to date, so every process sees the same picture.
+operator enabled it, until when it is paused (a 429), its share of the rate
+limit, its daily quota, and which drill is on. The operator's switches, the
+breaker's open/close changes and 429 pauses are kept in the store; `refresh`
+(every second, and at once after a local API change) brings this process's
+view up to date, so every process sees the same picture.
+
+Every breaker change, pause, exhausted quota and failed health probe is
+also a provider event in the store, a metric and a log line, so a failing
+primary never hides behind a healthy backup.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from mailgate.config import ProviderSettings, Settings
 from mailgate.delivery.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from mailgate.errors import ProviderError, StoreUnavailable
+from mailgate.delivery.limits import DailyQuota, RateLimiter, utc_day
+from mailgate.errors import ProviderAuthError, ProviderError, StoreUnavailable
 from mailgate.metrics import Metrics
 from mailgate.providers import Provider, SimulatedFailure, build_provider
 from mailgate.store import Store
@@ -37,6 +45,7 @@ def breaker_config(settings: ProviderSettings) -> BreakerConfig:
         min_calls=settings.breaker_min_calls,
         failure_ratio=settings.breaker_failure_ratio,
         cooldown_seconds=settings.breaker_cooldown_seconds,
+        half_open_calls=settings.breaker_half_open_calls,
     )
 
 
@@ -48,32 +57,33 @@ def _datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """Why a provider cannot take a message now, and in how many seconds it might."""
+
+    reason: str
+    wait: float | None
+    """None: not by waiting (disabled)."""
+
+    def __str__(self) -> str:
+        return self.reason
+
+
 @dataclass
 class Slot:
     settings: ProviderSettings
     provider: Provider
     breaker: CircuitBreaker
     enabled: bool
+    limiter: RateLimiter | None = None
+    quota: DailyQuota | None = None
     paused_until: float = 0.0
     _last_error_written: float = field(default=0.0, repr=False)
+    _quota_reported: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:
         return self.settings.name
-
-    def unavailable_reason(self, now: float) -> str | None:
-        """Why this provider cannot take a message now, or None if it can.
-
-        When it can, this may take the breaker's one half-open probe: call it
-        only right before sending.
-        """
-        if not self.enabled:
-            return "disabled"
-        if now < self.paused_until:
-            return f"paused for {self.paused_until - now:.1f}s after a 429"
-        if not self.breaker.allow(now):
-            return "breaker open"
-        return None
 
 
 class ProviderPool:
@@ -90,6 +100,7 @@ class ProviderPool:
         self._clock = clock
         self.slots: dict[str, Slot] = {}
         for p in settings.providers:
+            rate = p.rate_per_second
             self.slots[p.name] = Slot(
                 settings=p,
                 provider=build_provider(
@@ -99,6 +110,8 @@ class ProviderPool:
                 ),
                 breaker=CircuitBreaker(breaker_config(p)),
                 enabled=p.enabled,
+                limiter=RateLimiter(rate) if rate is not None else None,
+                quota=DailyQuota(p.name, p.daily_quota, store) if p.daily_quota else None,
             )
         priorities = sorted({s.settings.priority for s in self.slots.values()})
         self._groups = [
@@ -120,6 +133,75 @@ class ProviderPool:
                     group, key=lambda s: random.random() ** (1 / s.settings.weight), reverse=True
                 )
         return order
+
+    async def acquire(self, slot: Slot) -> Unavailable | None:
+        """Take what one send to this provider needs now, or say why it cannot go.
+
+        When it can go, this may have taken one of the breaker's half-open probes,
+        a rate-limit token and a send of the daily quota: call it only right
+        before sending.
+        """
+        now = self._clock()
+        if not slot.enabled:
+            return Unavailable("disabled", None)
+        if now < slot.paused_until:
+            wait = slot.paused_until - now
+            return Unavailable(f"paused for {wait:.1f}s after a 429", wait)
+        if slot.limiter is not None and (wait := slot.limiter.wait()) > 0:
+            return Unavailable(f"at its rate limit ({slot.settings.rate_limit})", wait)
+        if slot.quota is not None and (wait := slot.quota.wait()) > 0:
+            return Unavailable(f"daily quota of {slot.quota.quota} used up", wait)
+        if not slot.breaker.allow(now):
+            cooldown = slot.breaker.changed_at + slot.settings.breaker_cooldown_seconds - now
+            return Unavailable("breaker open", max(cooldown, 0.05))
+        if slot.quota is not None and not await self._take_quota(slot):
+            slot.breaker.release_probe()
+            return Unavailable(f"daily quota of {slot.quota.quota} used up", slot.quota.wait())
+        if slot.limiter is not None:
+            slot.limiter.take()
+        return None
+
+    async def _take_quota(self, slot: Slot) -> bool:
+        assert slot.quota is not None
+        try:
+            taken = await slot.quota.take()
+        except StoreUnavailable as exc:
+            log.warning("provider %s: cannot reserve from its daily quota: %s", slot.name, exc)
+            return False
+        if not taken and slot._quota_reported != (day := utc_day(self._clock())):
+            slot._quota_reported = day
+            log.warning("provider %s: daily quota of %d used up", slot.name, slot.quota.quota)
+            await self._event(slot.name, "quota_exhausted", quota=slot.quota.quota)
+        return taken
+
+    def send_budget(self, seconds: float) -> float:
+        """Sends the usable providers can take within `seconds` (inf: no limit applies).
+
+        Only rate limits and quotas cap it. With no usable provider at all
+        (disabled, paused, breaker open) it is unlimited too: messages should
+        then be claimed and deferred with a visible reason, not left unseen.
+        """
+        now = self._clock()
+        total, usable = 0.0, False
+        for slot in self.slots.values():
+            if not slot.enabled or now < slot.paused_until:
+                continue
+            if slot.breaker.state(now) is BreakerState.OPEN:
+                continue
+            usable = True
+            budget = math.inf
+            if slot.limiter is not None:
+                budget = slot.limiter.budget(seconds)
+            if slot.quota is not None:
+                budget = min(budget, slot.quota.budget())
+            total += budget
+        return total if usable else math.inf
+
+    def set_workers(self, workers: int) -> None:
+        """Split every rate limit between this many live worker processes."""
+        for slot in self.slots.values():
+            if slot.limiter is not None:
+                slot.limiter.set_workers(workers)
 
     async def refresh(self) -> None:
         """Adopt the operator's switches and breaker changes other processes stored."""
@@ -151,10 +233,15 @@ class ProviderPool:
     async def throttled(self, slot: Slot, error: ProviderError, retry_after: float | None) -> None:
         """429: leave the provider alone until Retry-After (or a short default)."""
         slot.breaker.release_probe()
-        until = self._clock() + (retry_after if retry_after is not None else DEFAULT_PAUSE_SECONDS)
+        wait = retry_after if retry_after is not None else DEFAULT_PAUSE_SECONDS
+        until = self._clock() + wait
         if until > slot.paused_until:
+            new_pause = slot.paused_until <= self._clock()
             slot.paused_until = until
             await self._write(slot.name, paused_until=_datetime(until))
+            if new_pause:
+                log.warning("provider %s: paused for %.1fs: %s", slot.name, wait, error)
+                await self._event(slot.name, "paused", seconds=round(wait, 3), error=error.detail)
         await self._note_error(slot, error)
 
     async def _changed(
@@ -166,20 +253,58 @@ class ProviderPool:
             return
         self._metrics.breaker_transitions.labels(slot.name, state.value).inc()
         self._gauge(slot)
+        cooldown = slot.settings.breaker_cooldown_seconds
         if state is BreakerState.OPEN:
             log.warning(
-                "provider %s: breaker opened (cool-down %.0fs): %s",
-                slot.name,
-                slot.settings.breaker_cooldown_seconds,
-                error,
+                "provider %s: breaker opened (cool-down %.0fs): %s", slot.name, cooldown, error
             )
+            detail: dict[str, Any] = {"cooldown_seconds": cooldown}
+            if error is not None:
+                detail["error"] = error.detail
+            await self._event(slot.name, "breaker_opened", **detail)
         else:
             log.info("provider %s: breaker closed, the probe succeeded", slot.name)
+            await self._event(slot.name, "breaker_closed")
         await self._write(
             slot.name,
             breaker_state=state.value,
             breaker_changed_at=_datetime(slot.breaker.changed_at),
         )
+
+    # --- active health probes ----------------------------------------------------
+
+    async def probe_due(self) -> None:
+        """Probe the providers whose turn it is (one process per interval takes each)."""
+        for slot in self.slots.values():
+            every = slot.settings.health_probe_seconds
+            if every <= 0 or not slot.enabled:
+                continue
+            try:
+                if not await self._store.claim_probe(slot.name, every_seconds=every):
+                    continue
+            except StoreUnavailable:
+                continue
+            await self.probe(slot)
+
+    async def probe(self, slot: Slot) -> ProviderError | None:
+        """Make the provider's cheap authenticated call; act on what it says."""
+        try:
+            await slot.provider.probe()
+        except NotImplementedError:
+            return None
+        except ProviderError as error:
+            log.warning("provider %s: health probe failed: %s", slot.name, error)
+            await self._write(slot.name, probe_error=error.detail)
+            await self._event(slot.name, "probe_failed", error=error.detail)
+            if isinstance(error, ProviderAuthError):
+                await self.refused_credentials(slot, error)
+            else:
+                await self.failed(slot, error)
+            return error
+        await self._write(slot.name, probe_error=None)
+        return None
+
+    # --- bookkeeping -------------------------------------------------------------
 
     async def _note_error(self, slot: Slot, error: ProviderError) -> None:
         now = self._clock()
@@ -198,6 +323,18 @@ class ProviderPool:
         except StoreUnavailable as exc:
             log.warning("provider %s: could not store its state: %s", name, exc)
 
+    async def _event(self, name: str, kind: str, **detail: Any) -> None:
+        self._metrics.provider_events.labels(name, kind).inc()
+        try:
+            await self._store.provider_event(name, kind, **detail)
+        except StoreUnavailable as exc:
+            log.warning("provider %s: could not record %s: %s", name, kind, exc)
+
     async def close(self) -> None:
         for slot in self.slots.values():
+            if slot.quota is not None:
+                try:
+                    await slot.quota.release()
+                except StoreUnavailable as exc:
+                    log.warning("provider %s: could not give back quota: %s", slot.name, exc)
             await slot.provider.close()

@@ -17,9 +17,10 @@ A message that names its `provider` is tried there only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,6 +60,10 @@ class _Round:
     events: list[EventRecord] = field(default_factory=list)
     last_error: str | None = None
     skipped: list[str] = field(default_factory=list)
+    failed: str | None = None
+    """The provider that failed last in this round (the next try is a failover)."""
+    wait: float | None = None
+    """When nobody was tried: how soon the first provider frees up."""
 
     def event(self, kind: EventType, **detail: object) -> None:
         self.events.append(EventRecord(kind, datetime.now(UTC), detail))
@@ -83,8 +88,10 @@ class Router:
         backoff: BackoffPolicy,
         max_age_seconds: float,
         metrics: Metrics,
+        max_inline_wait: float = 1.0,
     ) -> None:
         self._pool = pool
+        self._max_inline_wait = max_inline_wait
         self._backoff = backoff
         self._max_age = timedelta(seconds=max_age_seconds)
         self._metrics = metrics
@@ -92,60 +99,85 @@ class Router:
     async def deliver(self, message: Claimed, *, owner: str) -> Finish:
         """Run one round and say how it ended (the caller stores it)."""
         round_ = _Round(message, owner)
-        failed_slot: Slot | None = None
         candidates = self._pool.ordered(message.forced_provider)
         if message.forced_provider is not None and not candidates:
             error = f"provider {message.forced_provider!r} is not configured"
             return self._finish_failed(round_, Outcome.PERMANENT, error)
-        for slot in candidates:
-            reason = slot.unavailable_reason(time.time())
-            if reason is not None:
-                round_.skipped.append(f"{slot.name}: {reason}")
-                continue
-            if failed_slot is not None:
-                round_.event(
-                    EventType.FAILOVER,
-                    **{"from": failed_slot.name, "to": slot.name, "reason": round_.last_error},
-                )
-                self._metrics.failovers.labels(failed_slot.name).inc()
-                log.info(
-                    "message %s: failover %s -> %s (%s)",
-                    message.id,
-                    failed_slot.name,
-                    slot.name,
-                    round_.last_error,
-                )
-            started = datetime.now(UTC)
-            t0 = time.perf_counter()
-            try:
-                result = await slot.provider.send(message.id, message.email)
-            except ProviderError as error:
-                elapsed = time.perf_counter() - t0
-                outcome = outcome_of(error)
-                self._attempt(round_, slot, started, elapsed, outcome, error)
-                round_.last_error = str(error)
-                if isinstance(error, MessageRejected):
-                    await self._pool.succeeded(slot)  # the provider works; the message is bad
-                    return self._finish_failed(round_, Outcome.PERMANENT, str(error))
-                if isinstance(error, ProviderThrottled):
-                    await self._pool.throttled(slot, error, error.retry_after)
-                elif isinstance(error, ProviderAuthError):
-                    await self._pool.refused_credentials(slot, error)
-                else:
-                    await self._pool.failed(slot, error)
-                failed_slot = slot
-                continue
-            elapsed = time.perf_counter() - t0
-            self._attempt(round_, slot, started, elapsed, Outcome.SENT, None)
-            await self._pool.succeeded(slot)
-            round_.event(
-                EventType.SENT, provider=slot.name, provider_message_id=result.provider_message_id
-            )
-            self._metrics.sent.labels(slot.name).inc()
-            return round_.finish(
-                Status.SENT, provider=slot.name, provider_message_id=result.provider_message_id
-            )
+        # Providers that cannot take the message right now (rate limit, pause,
+        # open breaker) are passed over for the next; when every one left is
+        # only briefly unavailable, the round waits for the first to free up.
+        waited = 0.0
+        while candidates:
+            waits: list[float] = []
+            round_.skipped.clear()
+            for slot in list(candidates):
+                unavailable = await self._pool.acquire(slot)
+                if unavailable is not None:
+                    round_.skipped.append(f"{slot.name}: {unavailable}")
+                    if unavailable.wait is None:
+                        candidates.remove(slot)
+                    else:
+                        waits.append(unavailable.wait)
+                    continue
+                candidates.remove(slot)
+                finish = await self._try(round_, slot)
+                if finish is not None:
+                    return finish
+            if not candidates or not waits:
+                break
+            wait = min(waits)
+            if waited + wait > self._max_inline_wait:
+                round_.wait = wait
+                break
+            await asyncio.sleep(wait)
+            waited += wait
         return self._finish_later(round_)
+
+    async def _try(self, round_: _Round, slot: Slot) -> Finish | None:
+        """One provider call; a Finish when the round is over, None to try the next."""
+        message = round_.message
+        if round_.failed is not None:
+            failed = round_.failed
+            round_.event(
+                EventType.FAILOVER, **{"from": failed, "to": slot.name, "reason": round_.last_error}
+            )
+            self._metrics.failovers.labels(failed).inc()
+            log.info(
+                "message %s: failover %s -> %s (%s)",
+                message.id,
+                failed,
+                slot.name,
+                round_.last_error,
+            )
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        try:
+            result = await slot.provider.send(message.id, message.email)
+        except ProviderError as error:
+            elapsed = time.perf_counter() - t0
+            self._attempt(round_, slot, started, elapsed, outcome_of(error), error)
+            round_.last_error = str(error)
+            if isinstance(error, MessageRejected):
+                await self._pool.succeeded(slot)  # the provider works; the message is bad
+                return self._finish_failed(round_, Outcome.PERMANENT, str(error))
+            if isinstance(error, ProviderThrottled):
+                await self._pool.throttled(slot, error, error.retry_after)
+            elif isinstance(error, ProviderAuthError):
+                await self._pool.refused_credentials(slot, error)
+            else:
+                await self._pool.failed(slot, error)
+            round_.failed = slot.name
+            return None
+        elapsed = time.perf_counter() - t0
+        self._attempt(round_, slot, started, elapsed, Outcome.SENT, None)
+        await self._pool.succeeded(slot)
+        round_.event(
+            EventType.SENT, provider=slot.name, provider_message_id=result.provider_message_id
+        )
+        self._metrics.sent.labels(slot.name).inc()
+        return round_.finish(
+            Status.SENT, provider=slot.name, provider_message_id=result.provider_message_id
+        )
 
     def _attempt(
         self,
@@ -185,17 +217,26 @@ class Router:
     def _finish_later(self, round_: _Round) -> Finish:
         message = round_.message
         now = datetime.now(UTC)
-        rounds = message.rounds + 1
-        reason = round_.last_error
+        deadline = message.window_start + self._max_age
         if not round_.attempts:
             reason = "no provider available: " + ("; ".join(round_.skipped) or "none configured")
-        deadline = message.window_start + self._max_age
+        else:
+            reason = round_.last_error or "every provider failed"
         if now >= deadline:
+            rounds = message.rounds + 1
             round_.event(EventType.EXPIRED, reason=reason, rounds=rounds)
             self._metrics.failed.labels("expired").inc()
             log.warning("message %s: expired after %d rounds: %s", message.id, rounds, reason)
             return round_.finish(Status.FAILED, last_error=f"expired: {reason}")
-        next_at = min(now + timedelta(seconds=self._backoff.delay(rounds)), deadline)
+        if not round_.attempts and round_.wait is not None:
+            # Nobody failed: providers are only busy (rate limit, pause, breaker
+            # cool-down). Come back when the first frees up, with no backoff.
+            delay, rounds = round_.wait, message.rounds
+        else:
+            rounds = message.rounds + 1
+            delay = self._backoff.delay(rounds)
+        next_at = min(now + timedelta(seconds=delay), deadline)
         round_.event(EventType.DEFERRED, next_attempt_at=rfc3339(next_at), reason=reason)
         self._metrics.deferred.inc()
-        return round_.finish(Status.QUEUED, last_error=reason, next_attempt_at=next_at)
+        finish = round_.finish(Status.QUEUED, last_error=reason, next_attempt_at=next_at)
+        return replace(finish, rounds=rounds)

@@ -20,6 +20,7 @@ the lease runs out and the message is delivered again (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -38,6 +39,8 @@ from mailgate.store import Claimed, Finish, Store
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 1.0
+CLAIM_HORIZON_SECONDS = 1.0
+"""Under rate limits a worker claims what its providers can take in this long."""
 _MAX_STORE_BACKOFF = 5.0
 
 
@@ -64,6 +67,7 @@ class Worker:
             ),
             max_age_seconds=self.delivery.max_age_seconds,
             metrics=metrics,
+            max_inline_wait=min(1.0, self.delivery.attempt_timeout_seconds),
         )
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -89,6 +93,7 @@ class Worker:
             self._every(self.delivery.lease_seconds / 3, self._keep_leases),
             self._every(min(self.delivery.lease_seconds / 4, 5.0), self._reclaim),
             self._every(REFRESH_SECONDS, self._refresh),
+            self._every(REFRESH_SECONDS, self.pool.probe_due),
         ]
         helper_tasks = [asyncio.create_task(h) for h in helpers]
         helper_tasks.append(asyncio.create_task(self.store.listen(self._wake.set)))
@@ -101,6 +106,8 @@ class Worker:
             for task in helper_tasks:
                 task.cancel()
             await asyncio.gather(*helper_tasks, return_exceptions=True)
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.node_stopped(self.id)  # others take its rate share at once
             log.info("worker %s: stopped", self.id)
 
     async def _claim_loop(self) -> None:
@@ -111,11 +118,15 @@ class Worker:
         while not self._stopping.is_set():
             self._wake.clear()
             free = concurrency - len(self._inflight)
+            # Under rate limits, claim only what the providers can take soon:
+            # the rest stays queued instead of bouncing back as deferrals.
+            budget = self.pool.send_budget(CLAIM_HORIZON_SECONDS) - len(self._inflight)
+            want = int(min(free, batch, max(budget, 0.0)))
             claimed: list[Claimed] = []
-            if free >= threshold:
+            if want >= min(threshold, max(budget, 1.0)) and want > 0:
                 try:
                     claimed = await self.store.claim(
-                        self.id, limit=min(free, batch), lease_seconds=self.delivery.lease_seconds
+                        self.id, limit=want, lease_seconds=self.delivery.lease_seconds
                     )
                     store_backoff = 0.0
                 except StoreUnavailable as exc:
@@ -128,7 +139,7 @@ class Worker:
                 for message in claimed:
                     task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
                     self._inflight[message.id] = task
-                if len(claimed) == min(free, batch):
+                if len(claimed) == want:
                     await asyncio.sleep(0)  # more may be due: let sends start, then claim again
                     continue
             await self._sleep(self.delivery.poll_interval_seconds)
@@ -189,7 +200,6 @@ class Worker:
                 delay = min(_MAX_STORE_BACKOFF, delay * 2)
 
     async def _keep_leases(self) -> None:
-        await self.store.heartbeat(self.id, "worker", self._started_at)
         ids = list(self._inflight)
         if ids:
             await self.store.extend_leases(self.id, ids, lease_seconds=self.delivery.lease_seconds)
@@ -210,6 +220,10 @@ class Worker:
             self._wake.set()
 
     async def _refresh(self) -> None:
+        """Say we are alive, count who else is, and adopt the stored provider state."""
+        await self.store.heartbeat(self.id, "worker", self._started_at)
+        workers = await self.store.live_workers(within_seconds=3 * REFRESH_SECONDS)
+        self.pool.set_workers(max(1, workers))
         await self.pool.refresh()
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:

@@ -1,7 +1,7 @@
 """The store: tables, migrations and the queue operations."""
 
 from mailgate.store.keys import ApiKey
-from mailgate.store.providers import ProviderState
+from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import (
     Accepted,
     AttemptRecord,
@@ -26,6 +26,7 @@ __all__ = [
     "Finish",
     "MessageView",
     "NewMessage",
+    "ProviderEvent",
     "ProviderState",
     "Store",
     "utcnow",

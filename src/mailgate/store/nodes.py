@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailgate.store.tables import nodes
@@ -27,3 +27,19 @@ def record(
         .values(id=node_id, started_at=started_at, **values)
         .on_conflict_do_update(index_elements=["id"], set_=values)
     )
+
+
+def live_workers(conn: Connection, *, since: datetime) -> int:
+    """Worker processes that said they were alive since `since`."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(nodes)
+            .where(nodes.c.kind == "worker", nodes.c.seen_at >= since, nodes.c.stopped_at.is_(None))
+        ).scalar_one()
+    )
+
+
+def stopped(conn: Connection, node_id: str, *, now: datetime) -> None:
+    """A process stopping cleanly: others stop counting it at once; its row stays as history."""
+    conn.execute(update(nodes).where(nodes.c.id == node_id).values(stopped_at=now, seen_at=now))

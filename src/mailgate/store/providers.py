@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailgate.message import Outcome
-from mailgate.store.tables import attempts, provider_state
+from mailgate.store.tables import attempts, provider_events, provider_quota, provider_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,18 @@ class ProviderState:
     paused_until: datetime | None = None
     last_error: str | None = None
     last_error_at: datetime | None = None
+    probed_at: datetime | None = None
+    probe_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvent:
+    """Something that happened to a provider: a breaker change, a switch, a drill, a probe."""
+
+    provider: str
+    type: str
+    at: datetime
+    detail: Mapping[str, Any]
 
 
 def get_states(conn: Connection) -> dict[str, ProviderState]:
@@ -44,6 +56,8 @@ def get_states(conn: Connection) -> dict[str, ProviderState]:
             paused_until=r.paused_until,
             last_error=r.last_error,
             last_error_at=r.last_error_at,
+            probed_at=r.probed_at,
+            probe_error=r.probe_error,
         )
         for r in rows
     }
@@ -70,3 +84,85 @@ def recent_outcomes(conn: Connection, *, since: datetime) -> Mapping[str, tuple[
         .group_by(attempts.c.provider)
     )
     return {provider: (int(total), int(ok or 0)) for provider, total, ok in rows}
+
+
+def record_event(
+    conn: Connection, provider: str, kind: str, *, at: datetime, detail: Mapping[str, Any]
+) -> None:
+    conn.execute(
+        insert(provider_events).values(provider=provider, type=kind, at=at, detail=dict(detail))
+    )
+
+
+def list_events(conn: Connection, provider: str, *, limit: int) -> list[ProviderEvent]:
+    """The provider's latest events, newest first."""
+    rows = conn.execute(
+        select(provider_events)
+        .where(provider_events.c.provider == provider)
+        .order_by(provider_events.c.id.desc())
+        .limit(limit)
+    )
+    return [ProviderEvent(r.provider, r.type, r.at, r.detail) for r in rows]
+
+
+def reserve_quota(conn: Connection, provider: str, *, day: str, want: int, quota: int) -> int:
+    """Take up to `want` of today's `quota` sends; returns how many were granted.
+
+    Workers reserve in chunks, so the daily quota holds across processes
+    without a write per send.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(provider_quota)
+        .values(provider=provider, day=day, used=0)
+        .on_conflict_do_nothing(index_elements=["provider", "day"])
+    )
+    used = conn.execute(
+        select(provider_quota.c.used)
+        .where(provider_quota.c.provider == provider, provider_quota.c.day == day)
+        .with_for_update()
+    ).scalar_one()
+    granted = max(0, min(want, quota - used))
+    if granted:
+        conn.execute(
+            update(provider_quota)
+            .where(provider_quota.c.provider == provider, provider_quota.c.day == day)
+            .values(used=provider_quota.c.used + granted)
+        )
+    return int(granted)
+
+
+def release_quota(conn: Connection, provider: str, *, day: str, unused: int) -> None:
+    """Give back sends reserved but not made (a worker stopping)."""
+    left = provider_quota.c.used - unused
+    conn.execute(
+        update(provider_quota)
+        .where(provider_quota.c.provider == provider, provider_quota.c.day == day)
+        .values(used=case((left < 0, 0), else_=left))
+    )
+
+
+def quota_used(conn: Connection, *, day: str) -> dict[str, int]:
+    rows = conn.execute(
+        select(provider_quota.c.provider, provider_quota.c.used).where(provider_quota.c.day == day)
+    )
+    return {provider: int(used) for provider, used in rows}
+
+
+def claim_probe(conn: Connection, provider: str, *, now: datetime, every: timedelta) -> bool:
+    """True for the one process whose turn it is to probe the provider now."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(
+        dialect.insert(provider_state)
+        .values(name=provider, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    result = conn.execute(
+        update(provider_state)
+        .where(
+            provider_state.c.name == provider,
+            or_(provider_state.c.probed_at.is_(None), provider_state.c.probed_at <= now - every),
+        )
+        .values(probed_at=now)
+    )
+    return bool(result.rowcount == 1)

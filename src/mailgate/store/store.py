@@ -25,7 +25,7 @@ from mailgate.store.engine import Database
 from mailgate.store.group_commit import GroupCommit
 from mailgate.store.keys import ApiKey
 from mailgate.store.notify import Listener, notify
-from mailgate.store.providers import ProviderState
+from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import Accepted, Claimed, Finish, MessageView, NewMessage
 
 
@@ -169,6 +169,36 @@ class Store:
 
     async def recent_outcomes(self, window: timedelta) -> Mapping[str, tuple[int, int]]:
         return await self.db.read(provider_rows.recent_outcomes, since=utcnow() - window)
+
+    async def provider_event(self, name: str, kind: str, **detail: Any) -> None:
+        """Append to the provider's history (breaker changes, switches, drills, probes)."""
+        await self.db.write(provider_rows.record_event, name, kind, at=utcnow(), detail=detail)
+
+    async def provider_events(self, name: str, *, limit: int = 50) -> list[ProviderEvent]:
+        return await self.db.read(provider_rows.list_events, name, limit=limit)
+
+    async def reserve_quota(self, name: str, *, day: str, want: int, quota: int) -> int:
+        return await self.db.write(
+            provider_rows.reserve_quota, name, day=day, want=want, quota=quota
+        )
+
+    async def release_quota(self, name: str, *, day: str, unused: int) -> None:
+        await self.db.write(provider_rows.release_quota, name, day=day, unused=unused)
+
+    async def quota_used(self, *, day: str) -> dict[str, int]:
+        return await self.db.read(provider_rows.quota_used, day=day)
+
+    async def claim_probe(self, name: str, *, every_seconds: float) -> bool:
+        return await self.db.write(
+            provider_rows.claim_probe, name, now=utcnow(), every=timedelta(seconds=every_seconds)
+        )
+
+    async def live_workers(self, *, within_seconds: float) -> int:
+        since = utcnow() - timedelta(seconds=within_seconds)
+        return await self.db.read(nodes.live_workers, since=since)
+
+    async def node_stopped(self, node_id: str) -> None:
+        await self.db.write(nodes.stopped, node_id, now=utcnow())
 
     # --- API keys ------------------------------------------------------------
 

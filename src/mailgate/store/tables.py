@@ -197,6 +197,29 @@ provider_state = Table(
     Column("last_error", Text, nullable=True),
     Column("last_error_at", Timestamp(), nullable=True),
     Column("updated_at", Timestamp(), nullable=False),
+    Column("probed_at", Timestamp(), nullable=True),
+    Column("probe_error", Text, nullable=True),
+)
+
+provider_events = Table(
+    "provider_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("provider", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("at", Timestamp(), nullable=False),
+    Column("detail", _json(), nullable=False),
+    Index("ix_provider_events_provider_id", "provider", "id"),
+)
+
+provider_quota = Table(
+    "provider_quota",
+    metadata,
+    Column("provider", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("used", Integer, nullable=False, server_default=text("0")),
 )
 
 nodes = Table(
@@ -208,4 +231,5 @@ nodes = Table(
     Column("pid", Integer, nullable=False),
     Column("started_at", Timestamp(), nullable=False),
     Column("seen_at", Timestamp(), nullable=False),
+    Column("stopped_at", Timestamp(), nullable=True),
 )

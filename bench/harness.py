@@ -86,9 +86,9 @@ async def process(*args: str, cwd: Path) -> AsyncIterator[Proc]:
 
 
 @contextlib.asynccontextmanager
-async def fake(kind: str, latency: float, cwd: Path) -> AsyncIterator[str]:
+async def fake(kind: str, latency: float, cwd: Path, keep: int = 0) -> AsyncIterator[str]:
     args = ["-m", "mailgate.providers.fakes", kind, "--api-key", KEY, "--domain", DOMAIN]
-    async with process(*args, "--latency", str(latency), "--keep", "0", cwd=cwd) as p:
+    async with process(*args, "--latency", str(latency), "--keep", str(keep), cwd=cwd) as p:
         yield (await p.wait_for(r"(http://\S+)"))[1]
 
 
@@ -111,15 +111,22 @@ async def database(engine: str, directory: Path) -> AsyncIterator[str]:
 
 
 def write_config(
-    path: Path, database_url: str, sendgrid: str, mailgun: str, **delivery: Any
+    path: Path,
+    database_url: str,
+    sendgrid: str,
+    mailgun: str,
+    provider_settings: dict[str, Any] | None = None,
+    **delivery: Any,
 ) -> Path:
+    """The config: database, `delivery` keys, and both providers (plus `provider_settings`)."""
+    extra = [f"{k} = {v}" for k, v in (provider_settings or {}).items()]
     lines = ["[database]", f'url = "{database_url}"', "[delivery]"]
     lines += [f"{k} = {v}" for k, v in delivery.items()]
     lines += [
         "[[providers]]", 'name = "primary"', 'type = "sendgrid"', f'api_key = "{KEY}"',
-        f'base_url = "{sendgrid}"', "priority = 1",
+        f'base_url = "{sendgrid}"', "priority = 1", *extra,
         "[[providers]]", 'name = "backup"', 'type = "mailgun"', f'api_key = "{KEY}"',
-        f'domain = "{DOMAIN}"', f'base_url = "{mailgun}"', "priority = 2",
+        f'domain = "{DOMAIN}"', f'base_url = "{mailgun}"', "priority = 2", *extra,
     ]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -143,6 +150,8 @@ async def service(
     latency: float = 0.0,
     worker: bool = True,
     api_processes: int = 1,
+    keep: int = 0,
+    provider_settings: dict[str, Any] | None = None,
     **delivery: Any,
 ) -> AsyncIterator[Service]:
     """Fresh directory and database, two fakes, and `mailgate serve`."""
@@ -150,10 +159,12 @@ async def service(
         cwd = Path(tmp)
         async with (
             database(engine, cwd) as db_url,
-            fake("sendgrid", latency, cwd) as sg,
-            fake("mailgun", latency, cwd) as mg,
+            fake("sendgrid", latency, cwd, keep) as sg,
+            fake("mailgun", latency, cwd, keep) as mg,
         ):
-            config = write_config(cwd / "mailgate.toml", db_url, sg, mg, **delivery)
+            config = write_config(
+                cwd / "mailgate.toml", db_url, sg, mg, provider_settings, **delivery
+            )
             args = ["-m", "mailgate", "serve", "--port", "0", "--config", str(config)]
             args += ["--workers", str(api_processes)]
             if not worker:

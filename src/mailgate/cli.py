@@ -24,12 +24,12 @@ from rich.table import Column, Table
 
 from mailgate import __version__, service, supervisor
 from mailgate.api.errors import validation_error
-from mailgate.api.providers import provider_reports
+from mailgate.api.providers import provider_event_json, provider_reports
 from mailgate.api.render import message_json, new_message_json
 from mailgate.api.schemas import MessageIn
 from mailgate.config import Settings, load_settings
 from mailgate.errors import ConfigError, MailgateError, RequestError
-from mailgate.message import new_id, rfc3339
+from mailgate.message import new_id
 from mailgate.store import NewMessage, Store, utcnow
 from mailgate.store import migrate as migrations
 
@@ -352,6 +352,15 @@ def db_current(config: ConfigOption = None) -> None:
 # --- providers ------------------------------------------------------------------
 
 
+def _provider_settings(name: str, config: Path | None) -> Settings:
+    """The settings, when they configure provider `name` (else exit 1 saying so)."""
+    settings = service.effective_settings(_settings(config))
+    if name not in {p.name for p in settings.providers}:
+        err.print(f"[red]error:[/red] no provider {name!r} is configured", highlight=False)
+        raise typer.Exit(1)
+    return settings
+
+
 @providers_app.command("list")
 def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Each provider: enabled, breaker, recent success rate, last error."""
@@ -381,10 +390,7 @@ def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> 
 
 
 def _switch(name: str, config: Path | None, enabled: bool) -> None:
-    settings = service.effective_settings(_settings(config))
-    if name not in {p.name for p in settings.providers}:
-        err.print(f"[red]error:[/red] no provider {name!r} is configured", highlight=False)
-        raise typer.Exit(1)
+    settings = _provider_settings(name, config)
 
     async def job(store: Store) -> None:
         await store.update_provider(name, enabled=enabled)
@@ -402,14 +408,10 @@ def providers_events(
     as_json: JsonOption = False,
 ) -> None:
     """A provider's history: breaker changes, pauses, quotas, failed probes, switches, drills."""
-    settings = service.effective_settings(_settings(config))
-    if name not in {p.name for p in settings.providers}:
-        err.print(f"[red]error:[/red] no provider {name!r} is configured", highlight=False)
-        raise typer.Exit(1)
+    settings = _provider_settings(name, config)
 
     async def job(store: Store) -> list[dict[str, Any]]:
-        events = await store.provider_events(name, limit=limit)
-        return [{"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in events]
+        return [provider_event_json(e) for e in await store.provider_events(name, limit=limit)]
 
     rows = _run(lambda: _with_store(settings, job))
     if as_json:

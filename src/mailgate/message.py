@@ -93,6 +93,17 @@ class Attachment:
         return decoded_size(self.content)
 
 
+def ascii_domain(address: str) -> tuple[str, bool]:
+    """The address with an IDNA domain, and whether it still needs SMTPUTF8."""
+    local, _, domain = address.rpartition("@")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return address, True
+    return f"{local}@{domain}", not local.isascii()
+
+
 def decoded_size(b64: str) -> int:
     """Length of the bytes a base64 string decodes to."""
     padding = b64[-2:].count("=") if b64 else 0

@@ -15,10 +15,12 @@ import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from email.utils import getaddresses
 from enum import StrEnum
 from typing import Any, ClassVar, TypedDict
 
+from mailgate.message import Address, Email
 from mailgate.providers import Provider
 from mailgate.providers.fakes import FakeProvider, Received
 
@@ -27,8 +29,17 @@ TIMEOUT = 5.0
 
 Tests that make a fake hang pass a short timeout of their own.
 """
+EMAIL = Email(
+    sender=Address("a@example.com"), to=(Address("b@example.org"),), subject="s", text="t"
+)
+"""The smallest message: what the quirk tests send when the message does not matter."""
 WRONG_SECRET = "wrong-secret-value"
 """Part of every bad credential a case builds; no error may repeat it."""
+
+
+def email(**fields: Any) -> Email:
+    """`EMAIL` with `fields` changed."""
+    return replace(EMAIL, **fields)
 
 
 class Failure(StrEnum):
@@ -76,6 +87,8 @@ class ProviderCase(ABC):
     """How many tags the provider keeps per message (None: all)."""
     retry_after_given: ClassVar[bool] = True
     """Whether the provider says how long to wait when it throttles."""
+    hang_timeout: ClassVar[float] = 0.2
+    """Attempt timeout for a test that makes the fake hang: room for everything before it."""
 
     @abstractmethod
     def provider(self, *, timeout: float = TIMEOUT, good_credentials: bool = True) -> Provider:

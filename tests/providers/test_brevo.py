@@ -14,28 +14,18 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import Address, Attachment, Email
+from mailgate.message import Address, Attachment
 from mailgate.providers.base import HttpResponse
 from mailgate.providers.brevo import BrevoProvider
 from mailgate.providers.fakes.brevo import FakeBrevo
 from tests.providers.cases.brevo import BrevoCase, open_case
+from tests.providers.support import email
 
 
 @pytest.fixture
 async def brevo() -> AsyncIterator[BrevoCase]:
     async with open_case() as case:
         yield case
-
-
-def email(**fields: object) -> Email:
-    values: dict[str, object] = {
-        "sender": Address("a@example.com"),
-        "to": (Address("b@example.org"),),
-        "subject": "s",
-        "text": "t",
-    }
-    values.update(fields)
-    return Email(**values)  # type: ignore[arg-type]
 
 
 def adapter(brevo: BrevoCase) -> BrevoProvider:

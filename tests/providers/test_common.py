@@ -152,7 +152,7 @@ async def test_wrong_credentials(case: ProviderCase) -> None:
 
 async def test_no_answer_is_an_ambiguous_timeout(case: ProviderCase) -> None:
     case.hang()
-    provider = case.provider(timeout=0.2)
+    provider = case.provider(timeout=case.hang_timeout)
     with pytest.raises(ProviderUnavailable) as info:
         await provider.send("msg_slow", FULL)
     await provider.close()

@@ -13,11 +13,7 @@ from mailgate.message import Address, Email
 from mailgate.providers import HttpResponse, MailgunProvider
 from tests.helpers import MAILGUN_DOMAIN
 from tests.providers.cases.mailgun import MailgunCase, open_case
-from tests.providers.support import TIMEOUT
-
-EMAIL = Email(
-    sender=Address("a@example.com"), to=(Address("b@example.org"),), subject="s", text="t"
-)
+from tests.providers.support import EMAIL, TIMEOUT
 
 
 @pytest.fixture

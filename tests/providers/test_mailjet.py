@@ -14,28 +14,18 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import Address, Email
+from mailgate.message import Address
 from mailgate.providers.base import HttpResponse
 from mailgate.providers.fakes.mailjet import FakeMailjet
 from mailgate.providers.mailjet import MailjetProvider
 from tests.providers.cases.mailjet import MAILJET_KEY, MAILJET_SECRET, MailjetCase, open_case
+from tests.providers.support import email
 
 
 @pytest.fixture
 async def mj() -> AsyncIterator[MailjetCase]:
     async with open_case() as case:
         yield case
-
-
-def email(**fields: object) -> Email:
-    values: dict[str, object] = {
-        "sender": Address("ada@example.com"),
-        "to": (Address("b@example.org"),),
-        "subject": "s",
-        "text": "t",
-    }
-    values.update(fields)
-    return Email(**values)  # type: ignore[arg-type]
 
 
 def adapter(mj: MailjetCase) -> MailjetProvider:

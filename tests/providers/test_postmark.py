@@ -15,28 +15,17 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import Address, Email
+from mailgate.message import Address
 from mailgate.providers import HttpResponse, SendResult
 from mailgate.providers.postmark import PostmarkProvider
 from tests.providers.cases.postmark import PostmarkCase, open_case
-from tests.providers.support import TIMEOUT
+from tests.providers.support import TIMEOUT, email
 
 
 @pytest.fixture
 async def pm() -> AsyncIterator[PostmarkCase]:
     async with open_case() as case:
         yield case
-
-
-def email(**fields: object) -> Email:
-    values: dict[str, object] = {
-        "sender": Address("a@example.com"),
-        "to": (Address("b@example.org"),),
-        "subject": "s",
-        "text": "t",
-    }
-    values.update(fields)
-    return Email(**values)  # type: ignore[arg-type]
 
 
 def adapter(pm: PostmarkCase, **overrides: str) -> PostmarkProvider:

@@ -16,28 +16,18 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import Address, Email
+from mailgate.message import Address
 from mailgate.providers import HttpResponse, SendResult
 from mailgate.providers.base import MAX_RETRY_AFTER_SECONDS
 from mailgate.providers.resend import ResendProvider, tag_name
 from tests.providers.cases.resend import RESEND_KEY, ResendCase, open_case
+from tests.providers.support import email
 
 
 @pytest.fixture
 async def rs() -> AsyncIterator[ResendCase]:
     async with open_case() as case:
         yield case
-
-
-def email(**fields: object) -> Email:
-    values: dict[str, object] = {
-        "sender": Address("a@example.com"),
-        "to": (Address("b@example.org"),),
-        "subject": "s",
-        "text": "t",
-    }
-    values.update(fields)
-    return Email(**values)  # type: ignore[arg-type]
 
 
 def adapter(rs: ResendCase) -> ResendProvider:

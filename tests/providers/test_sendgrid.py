@@ -7,26 +7,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mailgate.errors import MessageRejected
-from mailgate.message import Address, Email
+from mailgate.message import Address
 from mailgate.providers import HttpResponse, SendGridProvider
 from tests.providers.cases.sendgrid import SendGridCase, open_case
+from tests.providers.support import email
 
 
 @pytest.fixture
 async def sg() -> AsyncIterator[SendGridCase]:
     async with open_case() as case:
         yield case
-
-
-def email(**fields: object) -> Email:
-    values: dict[str, object] = {
-        "sender": Address("a@example.com"),
-        "to": (Address("b@example.org"),),
-        "subject": "s",
-        "text": "t",
-    }
-    values.update(fields)
-    return Email(**values)  # type: ignore[arg-type]
 
 
 def adapter(sg: SendGridCase) -> SendGridProvider:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,11 +29,8 @@ from mailgate.providers.ses import (
     sign,
 )
 from tests.providers.cases.ses import SES_KEY_ID, SES_SECRET, SesCase, open_case
-from tests.providers.support import TIMEOUT
+from tests.providers.support import EMAIL, TIMEOUT, email
 
-EMAIL = Email(
-    sender=Address("a@example.com"), to=(Address("b@example.org"),), subject="s", text="t"
-)
 TAG_ALPHABET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 # --- AWS Signature Version 4: the published test suite ------------------------
@@ -149,10 +145,6 @@ def adapter(case: SesCase, **overrides: Any) -> SesProvider:
     provider = case.make(base_url=case.url, timeout=TIMEOUT, good_credentials=True, **overrides)
     assert isinstance(provider, SesProvider)
     return provider
-
-
-def email(**fields: Any) -> Email:
-    return replace(EMAIL, **fields)
 
 
 async def refused_before_sending(case: SesCase, message: Email) -> ProviderUnavailable:

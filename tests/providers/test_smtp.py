@@ -185,7 +185,7 @@ async def test_a_drop_before_the_data_is_safe(relay: SmtpCase, stage: Stage) -> 
 
 async def test_silence_before_the_data_is_a_safe_timeout(relay: SmtpCase) -> None:
     relay.fake.script(Stage.RCPT, HANG)
-    raised = await failure(relay.make(timeout=0.2))
+    raised = await failure(relay.make(timeout=relay.hang_timeout))
     assert isinstance(raised, ProviderUnavailable) and not raised.ambiguous
     assert "no answer within" in raised.detail and "RCPT" in raised.detail
 
@@ -361,10 +361,10 @@ async def test_the_relays_limit_wins_over_the_workers_concurrency(relay: SmtpCas
 
 
 async def test_close_during_a_send_closes_that_connection_too(relay: SmtpCase) -> None:
-    relay.fake.behaviour.latency = 0.1
+    relay.fake.behaviour.latency = 0.5
     provider = relay.provider()
     sending = asyncio.create_task(provider.send("msg_1", email()))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: bool(relay.fake.request_times))  # MAIL FROM came: mid-send
     await provider.close()
     await sending
     await eventually(lambda: relay.fake.open_connections == 0)
@@ -373,7 +373,7 @@ async def test_close_during_a_send_closes_that_connection_too(relay: SmtpCase) -
 
 async def test_drills_over_the_fakes_behaviour(relay: SmtpCase) -> None:
     relay.fake.behaviour.update({"status": 421, "fail_count": 1})
-    provider = relay.provider(timeout=0.3)  # it will hang below
+    provider = relay.provider(timeout=relay.hang_timeout)  # it will hang below
     with pytest.raises(ProviderUnavailable) as info:
         await provider.send("msg_1", email())
     assert info.value.status_code == 421 and "4.3.2" in info.value.detail

@@ -18,10 +18,7 @@ from mailgate.providers.base import MAX_RETRY_AFTER_SECONDS
 from mailgate.providers.fakes.sparkpost import FakeSparkPost
 from mailgate.providers.sparkpost import THROTTLE_DEFAULT_SECONDS, SparkPostProvider
 from tests.providers.cases.sparkpost import SparkPostCase, open_case
-
-EMAIL = Email(
-    sender=Address("a@example.com"), to=(Address("b@example.org"),), subject="s", text="t"
-)
+from tests.providers.support import EMAIL
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from mailgate.config import ProviderSettings
 from mailgate.delivery.breaker import BreakerState, visible_state
 from mailgate.errors import NotFound
 from mailgate.message import rfc3339
-from mailgate.store import ApiKey, ProviderState, Store
+from mailgate.store import ApiKey, ProviderEvent, ProviderState, Store
 
 RECENT = timedelta(minutes=5)
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -116,6 +116,10 @@ def provider_json(
     }
 
 
+def provider_event_json(event: ProviderEvent) -> dict[str, Any]:
+    return {"type": event.type, "at": rfc3339(event.at), "detail": dict(event.detail)}
+
+
 async def provider_reports(
     store: Store, providers: Sequence[ProviderSettings]
 ) -> list[dict[str, Any]]:
@@ -176,8 +180,7 @@ def providers_router(ctx: ApiContext) -> APIRouter:
         probes, and the operator's switches and drills."""
         find(name)
         events = await ctx.store.provider_events(name, limit=limit)
-        data = [{"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in events]
-        return JSONResponse({"data": data})
+        return JSONResponse({"data": [provider_event_json(e) for e in events]})
 
     @router.post(
         "/{name}/disable",

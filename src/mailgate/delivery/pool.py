@@ -78,6 +78,8 @@ class Slot:
     limiter: RateLimiter | None = None
     quota: DailyQuota | None = None
     paused_until: float = 0.0
+    probed_at: float = 0.0
+    """When some process last claimed this provider's health probe, as last seen."""
     _last_error_written: float = field(default=0.0, repr=False)
     _quota_reported: str = field(default="", repr=False)
 
@@ -213,6 +215,7 @@ class ProviderPool:
             slot.enabled = slot.settings.enabled if state.enabled is None else state.enabled
             slot.provider.simulated_failure = SimulatedFailure(state.simulated_failure)
             slot.paused_until = max(slot.paused_until, _epoch(state.paused_until))
+            slot.probed_at = max(slot.probed_at, _epoch(state.probed_at))
             if slot.breaker.adopt(state.breaker_state, _epoch(state.breaker_changed_at)):
                 self._gauge(slot)
 
@@ -274,24 +277,31 @@ class ProviderPool:
     # --- active health probes ----------------------------------------------------
 
     async def probe_due(self) -> None:
-        """Probe the providers whose turn it is (one process per interval takes each)."""
+        """Probe the providers whose turn it is (one process per interval takes each).
+
+        The turn is claimed in the store, but only once the last probe this
+        process knows of (from `refresh`) is an interval old: no write per
+        provider per second while nothing is due.
+        """
+        now = self._clock()
         for slot in self.slots.values():
             every = slot.settings.health_probe_seconds
-            if every <= 0 or not slot.enabled:
+            if every <= 0 or not slot.enabled or now < slot.probed_at + every:
                 continue
             try:
                 if not await self._store.claim_probe(slot.name, every_seconds=every):
                     continue
             except StoreUnavailable:
                 continue
-            await self.probe(slot)
+            slot.probed_at = now
+            await self._probe(slot)
 
-    async def probe(self, slot: Slot) -> ProviderError | None:
+    async def _probe(self, slot: Slot) -> None:
         """Make the provider's cheap authenticated call; act on what it says."""
         try:
             await slot.provider.probe()
         except NotImplementedError:
-            return None
+            return
         except ProviderError as error:
             log.warning("provider %s: health probe failed: %s", slot.name, error)
             await self._write(slot.name, probe_error=error.detail)
@@ -300,9 +310,8 @@ class ProviderPool:
                 await self.refused_credentials(slot, error)
             else:
                 await self.failed(slot, error)
-            return error
+            return
         await self._write(slot.name, probe_error=None)
-        return None
 
     # --- bookkeeping -------------------------------------------------------------
 

@@ -156,9 +156,24 @@ class HttpProvider(Provider):
         request = self.probe_request()
         if request is None:
             raise NotImplementedError
-        response = await self._perform(request)
+        self.check_probe(await self._perform(request))
+
+    def check_probe(self, response: HttpResponse) -> None:
+        """Raise the `ProviderError` a probe's answer means; the default: any non-2xx."""
         if response.status >= 300:
             raise self.classify_error(response)
+
+    def retry_after(self, response: HttpResponse) -> float | None:
+        """Seconds a throttling answer asks for (None: the router's default); `Retry-After`."""
+        return parse_retry_after(response.headers)
+
+    def not_a_success(self, response: HttpResponse, missing: str) -> ProviderUnavailable:
+        """A 2xx without the provider's success answer (a wrong `base_url`, say): fail over."""
+        return ProviderUnavailable(
+            self.name,
+            f"HTTP {response.status} without {missing} (is base_url right?): {response.text[:200]}",
+            status_code=response.status,
+        )
 
     def classify_error(self, response: HttpResponse) -> ProviderError:
         """Map an error response to the outcome table in DESIGN.md.
@@ -167,9 +182,7 @@ class HttpProvider(Provider):
         """
         status, detail = response.status, self.describe_error(response)
         if status == 429:
-            return ProviderThrottled(
-                self.name, detail, retry_after=parse_retry_after(response.headers)
-            )
+            return ProviderThrottled(self.name, detail, retry_after=self.retry_after(response))
         if status in (401, 403):
             return ProviderAuthError(self.name, detail, status_code=status)
         if status in (400, 413, 422):
@@ -250,6 +263,22 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
+    return clamp_wait(seconds)
+
+
+def seconds_header(headers: Mapping[str, str], name: str) -> float | None:
+    """A header holding seconds to wait (a rate limit's reset), capped; None if absent or bad."""
+    value = _header(headers, name)
+    if value is None:
+        return None
+    try:
+        return clamp_wait(float(value))
+    except ValueError:
+        return None
+
+
+def clamp_wait(seconds: float) -> float:
+    """A wait a provider asked for, kept within 0 and `MAX_RETRY_AFTER_SECONDS`."""
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 

@@ -24,15 +24,15 @@ from email.charset import Charset
 from typing import Any
 
 from mailgate.config import BrevoSettings
-from mailgate.errors import ProviderAuthError, ProviderError, ProviderThrottled, ProviderUnavailable
+from mailgate.errors import ProviderAuthError, ProviderError
 from mailgate.message import Address, Email
 from mailgate.providers.base import (
-    MAX_RETRY_AFTER_SECONDS,
     HttpProvider,
     HttpRequest,
     HttpResponse,
     SendResult,
     parse_retry_after,
+    seconds_header,
 )
 
 METADATA_HEADER = "X-Mailin-custom"
@@ -124,12 +124,7 @@ class BrevoProvider(HttpProvider):
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         if not isinstance(data, dict) or not data.get("messageId"):
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without a messageId (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "a messageId")
         return SendResult(provider_message_id=str(data["messageId"]))
 
     def describe_error(self, response: HttpResponse) -> str:
@@ -147,17 +142,9 @@ class BrevoProvider(HttpProvider):
         # open the breaker at once and send elsewhere, whatever status carries them.
         if status in (401, 402, 403) or code in _ACCOUNT_CODES:
             return ProviderAuthError(self.name, detail, status_code=status)
-        if status == 429:
-            return ProviderThrottled(self.name, detail, retry_after=_retry_after(response))
         return super().classify_error(response)
 
-
-def _retry_after(response: HttpResponse) -> float | None:
-    """Seconds to wait: Brevo's `x-sib-ratelimit-reset` (seconds left), else `Retry-After`."""
-    reset = response.header("x-sib-ratelimit-reset")
-    if reset is not None:
-        try:
-            return min(max(float(reset.strip()), 0.0), MAX_RETRY_AFTER_SECONDS)
-        except ValueError:
-            pass
-    return parse_retry_after(response.headers)
+    def retry_after(self, response: HttpResponse) -> float | None:
+        """Brevo's `x-sib-ratelimit-reset` (seconds left), else `Retry-After`."""
+        reset = seconds_header(response.headers, "x-sib-ratelimit-reset")
+        return reset if reset is not None else parse_retry_after(response.headers)

@@ -21,14 +21,14 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from mailgate.config import MailgunSettings
-from mailgate.errors import ProviderError, ProviderThrottled, ProviderUnavailable
+from mailgate.errors import ProviderError, ProviderThrottled
 from mailgate.message import Email
 from mailgate.providers.base import (
-    MAX_RETRY_AFTER_SECONDS,
     HttpProvider,
     HttpRequest,
     HttpResponse,
     SendResult,
+    clamp_wait,
 )
 
 _TRY_AGAIN = re.compile(r"try again after (.+)$", re.IGNORECASE)
@@ -86,12 +86,7 @@ class MailgunProvider(HttpProvider):
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         if not isinstance(data, dict) or "id" not in data:
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without a message id (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "a message id")
         return SendResult(provider_message_id=str(data["id"]).strip("<>"))
 
     def describe_error(self, response: HttpResponse) -> str:
@@ -118,4 +113,4 @@ def _retry_after_420(detail: str) -> float | None:
         when = parsedate_to_datetime(match.group(1).strip())
     except (TypeError, ValueError):
         return None
-    return min(max(when.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER_SECONDS)
+    return clamp_wait(when.timestamp() - time.time())

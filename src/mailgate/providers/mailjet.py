@@ -41,7 +41,6 @@ from mailgate.providers.base import (
     HttpRequest,
     HttpResponse,
     SendResult,
-    parse_retry_after,
 )
 
 AUTH_CODES = frozenset({"mj-0001", "mj-0015"})
@@ -116,12 +115,7 @@ class MailjetProvider(HttpProvider):
     def parse_success(self, response: HttpResponse) -> SendResult:
         message = _first_message(response)
         if message is None:
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without Mailjet's Messages result (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "Mailjet's Messages result")
         if message.get("Status") != "success":
             raise self._message_error(message, response)
         return SendResult(provider_message_id=_message_id(message))
@@ -167,8 +161,7 @@ class MailjetProvider(HttpProvider):
         if codes & SENDER_CODES or 403 in statuses:
             return ProviderAuthError(self.name, detail, status_code=403)
         if 429 in statuses:
-            retry_after = parse_retry_after(response.headers)
-            return ProviderThrottled(self.name, detail, retry_after=retry_after)
+            return ProviderThrottled(self.name, detail, retry_after=self.retry_after(response))
         server = sorted(s for s in statuses if s >= 500)
         if server:
             status = server[0]

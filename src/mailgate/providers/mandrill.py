@@ -107,12 +107,7 @@ class MandrillProvider(HttpProvider):
         data = response.json()
         results = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
         if not results:
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without per-recipient results (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "per-recipient results")
         accepted = [r for r in results if r.get("status") in ACCEPTED]
         if not accepted:
             raise self._refused(results)

@@ -46,6 +46,7 @@ _ACCOUNT = frozenset({10, 400, 401, 405, 412, 413})
 """Bad token, unknown or unconfirmed sender signature, no credits, account pending or
 barred: the same for every message until an operator acts, so fail over and alert."""
 _MAINTENANCE = 100
+_BAD_TOKEN = 10
 _RATE_LIMITED = 429
 
 
@@ -117,12 +118,7 @@ class PostmarkProvider(HttpProvider):
     def parse_success(self, response: HttpResponse) -> SendResult:
         answer = response.json()
         if not isinstance(answer, dict):
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without a MessageID (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "a MessageID")
         outcome = self._outcome(answer, status=response.status, headers=response.headers)
         if isinstance(outcome, ProviderError):
             raise outcome
@@ -136,19 +132,13 @@ class PostmarkProvider(HttpProvider):
         A 2xx is only a success when its `ErrorCode` is 0 (or absent, as
         Postmark leaves it during service delays) and it names a `MessageID`.
         """
-        if not isinstance(answer, dict):
-            return ProviderUnavailable(
-                self.name,
-                f"answer without a MessageID (is base_url right?): {answer!r:.200}",
-                status_code=status,
-            )
-        code = _error_code(answer)
+        code = _error_code(answer) if isinstance(answer, dict) else None
         if code:
             detail = _describe(answer) or f"ErrorCode {code}"
             return self._classify_code(code, detail, status_code=status, headers=headers) or (
                 MessageRejected(self.name, detail, status_code=status)
             )
-        if not answer.get("MessageID"):
+        if not isinstance(answer, dict) or not answer.get("MessageID"):
             return ProviderUnavailable(
                 self.name,
                 f"answer without a MessageID (is base_url right?): {answer!r:.200}",
@@ -161,7 +151,7 @@ class PostmarkProvider(HttpProvider):
         code = _error_code(data) if isinstance(data, dict) else None
         # API codes explain a 422; elsewhere the HTTP status says more, except
         # for a bad token and maintenance, whatever status they come with.
-        if code and (response.status == 422 or code in (10, _MAINTENANCE)):
+        if code and (response.status == 422 or code in (_BAD_TOKEN, _MAINTENANCE)):
             classified = self._classify_code(
                 code,
                 self.describe_error(response),

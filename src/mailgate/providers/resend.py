@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from email.charset import QP, Charset
 from typing import Any
 
@@ -33,7 +32,6 @@ from mailgate.config import ResendSettings
 from mailgate.errors import (
     MessageRejected,
     ProviderError,
-    ProviderThrottled,
     ProviderUnavailable,
 )
 from mailgate.message import Address, Email
@@ -44,6 +42,7 @@ from mailgate.providers.base import (
     HttpResponse,
     SendResult,
     parse_retry_after,
+    seconds_header,
 )
 
 MAX_TAG_LENGTH = 256
@@ -51,6 +50,8 @@ ID_TAG = "mailgate_id"
 _UNSAFE_TAG = re.compile(r"[^A-Za-z0-9_-]")
 _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 _QUOTA = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+_UTF8_QP = Charset("utf-8")
+_UTF8_QP.header_encoding = QP
 
 
 def tag_name(tag: str) -> str:
@@ -69,9 +70,7 @@ def _recipient(address: Address) -> str:
     if not name:
         return address.email
     if not name.isascii() or _SPECIALS.search(name):
-        charset = Charset("utf-8")
-        charset.header_encoding = QP
-        name = charset.header_encode(name)
+        name = _UTF8_QP.header_encode(name)
     return f"{name} <{address.email}>"
 
 
@@ -129,24 +128,19 @@ class ResendProvider(HttpProvider):
         """The account's domains: cheap, and a bad key is a 401 or 403."""
         return HttpRequest("GET", f"{self.base_url}/domains", headers=self._headers)
 
-    async def probe(self) -> None:
-        """As `HttpProvider.probe`, but a sending-only key passes.
+    def check_probe(self, response: HttpResponse) -> None:
+        """As `HttpProvider.check_probe`, but a sending-only key passes.
 
         Such a key (the one mailgate needs) may not list domains and gets a
         401 `restricted_api_key`, which still proves Resend knows the key.
         """
-        response = await self._perform(self.probe_request())
-        if response.status >= 300 and _error_name(response) != "restricted_api_key":
-            raise self.classify_error(response)
+        if _error_name(response) != "restricted_api_key":
+            super().check_probe(response)
 
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         if not isinstance(data, dict) or not data.get("id"):
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without an id (is base_url right?): {response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "an id")
         return SendResult(provider_message_id=str(data["id"]))
 
     def describe_error(self, response: HttpResponse) -> str:
@@ -155,6 +149,15 @@ class ResendProvider(HttpProvider):
             name = data.get("name")
             return f"{name}: {data['message']}" if name else str(data["message"])
         return super().describe_error(response)
+
+    def retry_after(self, response: HttpResponse) -> float | None:
+        """`retry-after`, else `ratelimit-reset` (seconds until the window resets)."""
+        if _error_name(response) in _QUOTA:
+            # Waiting seconds does not help: pause the provider as long as
+            # mailgate allows and let the others carry the mail meanwhile.
+            return MAX_RETRY_AFTER_SECONDS
+        wait = parse_retry_after(response.headers)
+        return wait if wait is not None else seconds_header(response.headers, "ratelimit-reset")
 
     def classify_error(self, response: HttpResponse) -> ProviderError:
         status, detail, name = response.status, self.describe_error(response), _error_name(response)
@@ -166,30 +169,9 @@ class ResendProvider(HttpProvider):
                 return ProviderUnavailable(self.name, detail, status_code=409, ambiguous=True)
             # invalid_idempotent_request: this key came with another body before.
             return MessageRejected(self.name, detail, status_code=409)
-        if status == 429:
-            if name in _QUOTA:
-                # Waiting seconds does not help: pause the provider as long as
-                # mailgate allows and let the others carry the mail meanwhile.
-                wait: float | None = MAX_RETRY_AFTER_SECONDS
-            else:
-                wait = _retry_after(response.headers)
-            return ProviderThrottled(self.name, detail, status_code=429, retry_after=wait)
         if status == 451:  # security_error: Resend will not send this message
             return MessageRejected(self.name, detail, status_code=451)
         return super().classify_error(response)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """`retry-after`, else `ratelimit-reset` (seconds until the window resets), capped."""
-    wait = parse_retry_after(headers)
-    if wait is not None:
-        return wait
-    reset = next((v for k, v in headers.items() if k.lower() == "ratelimit-reset"), None)
-    try:
-        seconds = float(reset) if reset is not None else None
-    except ValueError:
-        return None
-    return None if seconds is None else min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _error_name(response: HttpResponse) -> str:

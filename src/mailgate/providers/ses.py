@@ -39,14 +39,13 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import Address, Email
+from mailgate.message import Address, Email, ascii_domain
 from mailgate.providers.base import (
     MAX_RETRY_AFTER_SECONDS,
     HttpProvider,
     HttpRequest,
     HttpResponse,
     SendResult,
-    parse_retry_after,
 )
 
 SEND_PATH = "/v2/email/outbound-emails"
@@ -141,11 +140,9 @@ class SesProvider(HttpProvider):
         url = f"{self.base_url}{ACCOUNT_PATH}"
         return HttpRequest("GET", url, headers=self._signed("GET", url, b"", {}))
 
-    async def probe(self) -> None:
+    def check_probe(self, response: HttpResponse) -> None:
         """GetAccount must answer, and say sending is enabled (it is not when paused)."""
-        response = await self._perform(self.probe_request())
-        if response.status >= 300:
-            raise self.classify_error(response)
+        super().check_probe(response)
         data = response.json()
         if isinstance(data, dict) and data.get("SendingEnabled") is False:
             raise ProviderAuthError(
@@ -212,12 +209,7 @@ class SesProvider(HttpProvider):
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         if not isinstance(data, dict) or not data.get("MessageId"):
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without a MessageId (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "a MessageId")
         return SendResult(provider_message_id=str(data["MessageId"]))
 
     def describe_error(self, response: HttpResponse) -> str:
@@ -253,10 +245,7 @@ class SesProvider(HttpProvider):
             )
         if code in _THROTTLE_CODES or "maximum sending rate exceeded" in message:
             return ProviderThrottled(
-                self.name,
-                detail,
-                status_code=status,
-                retry_after=parse_retry_after(response.headers),
+                self.name, detail, status_code=status, retry_after=self.retry_after(response)
             )
         if code == "MessageRejected" and "not verified" in message:
             return ProviderAuthError(self.name, detail, status_code=status)
@@ -397,15 +386,12 @@ def _headers(headers: Mapping[str, str]) -> list[dict[str, str]]:
 
 def _address(address: Address) -> str:
     """`Name <addr>` as SES takes it: ASCII, names as RFC 2047 encoded-words."""
-    local, _, domain = address.email.rpartition("@")
-    if not local.isascii():
+    if not address.email.rpartition("@")[0].isascii():
         raise _DoesNotFit(f"{address.email}: SES takes no non-ASCII local parts")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise _DoesNotFit(f"{address.email}: domain cannot be written in ASCII") from None
-    return formataddr((address.name or "", f"{local}@{domain}"))
+    email, needs_utf8 = ascii_domain(address.email)
+    if needs_utf8:  # the local part is ASCII: the domain is what failed
+        raise _DoesNotFit(f"{address.email}: domain cannot be written in ASCII")
+    return formataddr((address.name or "", email))
 
 
 def _host(url: str) -> str:

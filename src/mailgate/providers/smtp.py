@@ -84,8 +84,9 @@ def classify_reply(
     detail = f"{where}: {code} {' / '.join(line.strip() for line in text.splitlines())}"
     match = _ENHANCED.match(text)
     klass, subject, item = (int(g) for g in match.groups()) if match else (code // 100, 0, 0)
-    if phase is not Phase.AUTH and (_RATE.search(text) or _QUOTA.search(text)):
-        wait = MAX_RETRY_AFTER_SECONDS if _QUOTA.search(text) else None
+    quota = _QUOTA.search(text) is not None
+    if phase is not Phase.AUTH and (quota or _RATE.search(text)):
+        wait = MAX_RETRY_AFTER_SECONDS if quota else None
         return ProviderThrottled(provider, detail, status_code=code, wire="SMTP", retry_after=wait)
     if code < 500 or klass == 4 or phase in (Phase.CONNECT, Phase.EHLO):
         return ProviderUnavailable(
@@ -188,7 +189,7 @@ class SmtpProvider(Provider):
             return ProviderUnavailable(self.name, detail, ambiguous=ambiguous)
         if isinstance(exc, aiosmtplib.SMTPResponseException):
             return classify_reply(self.name, phase, exc.code, exc.message)
-        if isinstance(exc, aiosmtplib.SMTPConnectError | OSError):  # refused, reset, TLS
+        if isinstance(exc, OSError):  # refused, reset, TLS; SMTPConnectError is one too
             early = isinstance(exc, aiosmtplib.SMTPConnectError) or phase in _CONNECTING
             where = f"cannot connect to {self._address}" if early else f"connection lost at {phase}"
             return ProviderUnavailable(self.name, f"{where}: {exc}", ambiguous=ambiguous)

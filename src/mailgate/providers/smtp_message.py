@@ -16,7 +16,7 @@ from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from email.utils import format_datetime
 
-from mailgate.message import Address, Email
+from mailgate.message import Address, Email, ascii_domain
 
 _UNSTRUCTURED_SKIP = frozenset(
     {"from", "to", "cc", "reply-to", "date", "message-id", "mime-version",
@@ -51,17 +51,6 @@ def _fold_at_spaces(name: str, value: str, linesep: str) -> str:
             out, length = out + linesep, 0
         out, length = f"{out} {word}", length + 1 + len(word)
     return out + linesep
-
-
-def ascii_domain(address: str) -> tuple[str, bool]:
-    """The address with an IDNA domain, and whether it still needs SMTPUTF8."""
-    local, _, domain = address.rpartition("@")
-    if not domain.isascii():
-        try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
-            return address, True
-    return f"{local}@{domain}", not local.isascii()
 
 
 def _mailboxes(addresses: Iterable[Address], utf8: bool) -> str:

@@ -115,26 +115,20 @@ class SparkPostProvider(HttpProvider):
         """The account record: cheap, and an unknown key is a 401."""
         return HttpRequest("GET", f"{self.base_url}/api/v1/account", headers=self._headers)
 
-    async def probe(self) -> None:
-        """As `HttpProvider.probe`, but a key that may only send passes.
+    def check_probe(self, response: HttpResponse) -> None:
+        """As `HttpProvider.check_probe`, but a key that may only send passes.
 
         Such a key (all mailgate needs) gets a 403 on the account record,
         which still proves SparkPost knows it; an unknown key is a 401.
         """
-        response = await self._perform(self.probe_request())
-        if response.status >= 300 and response.status != 403:
-            raise self.classify_error(response)
+        if response.status != 403:
+            super().check_probe(response)
 
     def parse_success(self, response: HttpResponse) -> SendResult:
         data = response.json()
         results = data.get("results") if isinstance(data, dict) else None
         if not isinstance(results, dict) or not results.get("id"):
-            raise ProviderUnavailable(
-                self.name,
-                f"HTTP {response.status} without a transmission id (is base_url right?): "
-                f"{response.text[:200]}",
-                status_code=response.status,
-            )
+            raise self.not_a_success(response, "a transmission id")
         accepted = results.get("total_accepted_recipients")
         rejected = results.get("total_rejected_recipients")
         if accepted == 0 and isinstance(rejected, int) and rejected > 0:
@@ -172,14 +166,11 @@ class SparkPostProvider(HttpProvider):
             return ProviderThrottled(
                 self.name, detail, status_code=status, retry_after=SENDING_LIMIT_PAUSE_SECONDS
             )
-        if status == 429:
-            retry_after = parse_retry_after(response.headers)
-            return ProviderThrottled(
-                self.name,
-                detail,
-                retry_after=THROTTLE_DEFAULT_SECONDS if retry_after is None else retry_after,
-            )
         return super().classify_error(response)
+
+    def retry_after(self, response: HttpResponse) -> float | None:
+        wait = parse_retry_after(response.headers)
+        return THROTTLE_DEFAULT_SECONDS if wait is None else wait
 
 
 def _errors(values: Any) -> list[str]:

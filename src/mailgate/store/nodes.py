@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import Connection, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from mailgate.store.engine import upsert
 from mailgate.store.tables import nodes
 
 
@@ -21,9 +21,8 @@ def record(
     now: datetime,
 ) -> None:
     values = {"kind": kind, "hostname": hostname, "pid": pid, "seen_at": now}
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(
-        dialect.insert(nodes)
+        upsert(conn, nodes)
         .values(id=node_id, started_at=started_at, **values)
         .on_conflict_do_update(index_elements=["id"], set_=values)
     )

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from mailgate.message import Outcome
+from mailgate.store.engine import upsert
 from mailgate.store.tables import attempts, provider_events, provider_quota, provider_state
 
 
@@ -66,8 +66,7 @@ def get_states(conn: Connection) -> dict[str, ProviderState]:
 def update_state(conn: Connection, /, name: str, *, now: datetime, **values: Any) -> None:
     """Set some of a provider's state columns, creating its row if needed."""
     values["updated_at"] = now
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(provider_state).values(name=name, **values)
+    statement = upsert(conn, provider_state).values(name=name, **values)
     conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
 
 
@@ -111,9 +110,8 @@ def reserve_quota(conn: Connection, provider: str, *, day: str, want: int, quota
     Workers reserve in chunks, so the daily quota holds across processes
     without a write per send.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(
-        dialect.insert(provider_quota)
+        upsert(conn, provider_quota)
         .values(provider=provider, day=day, used=0)
         .on_conflict_do_nothing(index_elements=["provider", "day"])
     )
@@ -151,9 +149,8 @@ def quota_used(conn: Connection, *, day: str) -> dict[str, int]:
 
 def claim_probe(conn: Connection, provider: str, *, now: datetime, every: timedelta) -> bool:
     """True for the one process whose turn it is to probe the provider now."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     conn.execute(
-        dialect.insert(provider_state)
+        upsert(conn, provider_state)
         .values(name=provider, updated_at=now)
         .on_conflict_do_nothing(index_elements=["name"])
     )

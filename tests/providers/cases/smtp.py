@@ -62,6 +62,7 @@ def free_port() -> int:
 class SmtpCase(ProviderCase):
     name = "smtp"
     retry_after_given = False  # a 454 says nothing about how long to wait
+    hang_timeout = 1.0  # the timeout covers connect, TLS, AUTH and the envelope too
 
     failures: ClassVar[dict[Failure, tuple[Stage, str]]] = {
         Failure.REJECTED: (Stage.RCPT, "550 5.1.1 Recipient address rejected: User unknown"),

@@ -90,6 +90,7 @@ async def _serve(fake: FakeProvider, host: str, port: int) -> None:
             await asyncio.Event().wait()
         finally:
             await fake.stop()
+        return
     async with serve_asgi(fake.app(), host=host, port=port) as server:
         print(server.url, flush=True)  # noqa: T201 - the caller reads the URL
         await asyncio.Event().wait()

@@ -71,7 +71,7 @@ class FakeProvider:
         self.requests = 0
         self.taken = 0
         self.request_times: list[float] = []
-        """When each authorised send arrived (taken or not), for timing checks."""
+        """When each authorised request reached `misbehave` (taken or not; probes too)."""
 
     def routes(self) -> list[Route]:
         raise NotImplementedError

@@ -109,7 +109,8 @@ class FakePostmark(FakeProvider):
         token = request.headers.get("x-postmark-server-token") or ""
         return token.lower() == self.server_token.lower()  # values are case-insensitive
 
-    async def _send(self, request: Request) -> Response:
+    async def _admit(self, request: Request, max_bytes: int) -> Response | Any:
+        """The checks every send request meets first: an error `Response`, or the JSON body."""
         self.requests += 1
         if not self._authorized(request):
             return self._error(401)
@@ -117,31 +118,26 @@ class FakePostmark(FakeProvider):
         if failure is not None:
             return failure
         raw = await request.body()
-        if len(raw) > MAX_BYTES:
+        if len(raw) > max_bytes:
             return self._error(413)
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except ValueError:
             return JSONResponse(_answer(402), status_code=422)
+
+    async def _send(self, request: Request) -> Response:
+        body = await self._admit(request, MAX_BYTES)
+        if isinstance(body, Response):
+            return body
         if not isinstance(body, dict):
             return JSONResponse(_answer(403), status_code=422)
         answer = self._take(body)
         return JSONResponse(answer, status_code=422 if answer["ErrorCode"] else 200)
 
     async def _batch(self, request: Request) -> Response:
-        self.requests += 1
-        if not self._authorized(request):
-            return self._error(401)
-        failure = await self.misbehave(request, self._error)
-        if failure is not None:
-            return failure
-        raw = await request.body()
-        if len(raw) > MAX_BATCH_BYTES:
-            return self._error(413)
-        try:
-            messages = json.loads(raw)
-        except ValueError:
-            return JSONResponse(_answer(402), status_code=422)
+        messages = await self._admit(request, MAX_BATCH_BYTES)
+        if isinstance(messages, Response):
+            return messages
         if not isinstance(messages, list):
             return JSONResponse(_answer(403), status_code=422)
         if len(messages) > MAX_BATCH:

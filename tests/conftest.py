@@ -96,6 +96,7 @@ async def _empty(store: Store) -> None:
     names = ", ".join(t.name for t in reversed(metadata.sorted_tables))
     truncate = text(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     await store.db.write(lambda conn: conn.execute(truncate))
+    await store.ensure_default_tenant()
 
 
 @pytest.fixture

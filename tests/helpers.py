@@ -12,7 +12,7 @@ from typing import Any
 from mailgate.config import Settings
 from mailgate.message import Address, Email, new_id
 from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
-from mailgate.store import NewMessage, utcnow
+from mailgate.store import NewMessage, Tenant, utcnow
 
 SENDGRID_KEY = "SG.test-key"
 MAILGUN_KEY = "key-test"
@@ -93,6 +93,25 @@ def new_message(**fields: Any) -> NewMessage:
     }
     values.update(fields)
     return NewMessage(**values)
+
+
+def tenant(**fields: Any) -> Tenant:
+    """A `Tenant` to store, with `fields` replacing defaults (no rules, enabled)."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "id": new_id("ten"),
+        "name": f"tenant-{new_id('n')[-8:].lower()}",
+        "enabled": True,
+        "sender_domains": (),
+        "default_from": None,
+        "providers": None,
+        "rate_limit": None,
+        "daily_quota": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    values.update(fields)
+    return Tenant(**values)
 
 
 def message(**fields: Any) -> dict[str, Any]:

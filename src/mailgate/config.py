@@ -44,6 +44,14 @@ class ServerSettings(_Section):
     """API processes `serve` runs (`serve --workers N`); more than one adds a supervisor."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Requests larger than this are refused with 413 before they are parsed."""
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=32 * 1024)
+    """Headers (as `name: value` lines) above this get 431; the server reads no head over 64 KiB."""
+    max_headers: int = Field(default=100, ge=16, le=1000)
+    """Requests with more headers than this are refused with 431."""
+    max_query_bytes: int = Field(default=4096, ge=256, le=16 * 1024)
+    """Query strings longer than this are refused with 414."""
+    max_path_bytes: int = Field(default=2048, ge=256, le=8 * 1024)
+    """Paths (as sent, before percent-decoding) longer than this are refused with 414."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 

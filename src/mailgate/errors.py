@@ -11,10 +11,16 @@ MailgateError
 └── RequestError               a caller's request is refused (HTTP 4xx)
     ├── InvalidRequest         400 invalid_request
     ├── Unauthorized           401 unauthorized
+    ├── Forbidden              403 forbidden (the key lacks the scope)
+    │   ├── SenderNotAllowed   403 sender_not_allowed
+    │   └── TenantDisabled     403 tenant_disabled
     ├── NotFound               404 not_found
     ├── Conflict               409 conflict
     ├── IdempotencyMismatch    409 idempotency_mismatch
-    └── PayloadTooLarge        413 payload_too_large
+    ├── PayloadTooLarge        413 payload_too_large
+    └── TooManyRequests        429, with Retry-After
+        ├── RateLimited        429 rate_limited (the tenant's rate_limit)
+        └── QuotaExceeded      429 quota_exceeded (the tenant's daily_quota)
 ConfigError                    deliberately outside MailgateError
 ```
 
@@ -127,6 +133,11 @@ class RequestError(MailgateError):
         self.message = message
         self.field = field
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the HTTP answer carries besides the JSON body."""
+        return {}
+
 
 class InvalidRequest(RequestError):
     code = "invalid_request"
@@ -136,6 +147,19 @@ class InvalidRequest(RequestError):
 class Unauthorized(RequestError):
     code = "unauthorized"
     status_code = 401
+
+
+class Forbidden(RequestError):
+    code = "forbidden"
+    status_code = 403
+
+
+class SenderNotAllowed(Forbidden):
+    code = "sender_not_allowed"
+
+
+class TenantDisabled(Forbidden):
+    code = "tenant_disabled"
 
 
 class NotFound(RequestError):
@@ -156,3 +180,25 @@ class IdempotencyMismatch(RequestError):
 class PayloadTooLarge(RequestError):
     code = "payload_too_large"
     status_code = 413
+
+
+class TooManyRequests(RequestError):
+    """A limit of the caller's tenant; `retry_after` is whole seconds until it may pass."""
+
+    status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = max(1, retry_after)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(TooManyRequests):
+    code = "rate_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "quota_exceeded"

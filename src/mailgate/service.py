@@ -34,7 +34,7 @@ from mailgate.errors import ConfigError
 from mailgate.metrics import Metrics
 from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
 from mailgate.serving import serve_asgi
-from mailgate.store import Store
+from mailgate.store import Scope, Store
 from mailgate.store.engine import sqlite_path
 
 log = logging.getLogger("mailgate")
@@ -108,8 +108,8 @@ async def bootstrap_key(store: Store, settings: Settings) -> tuple[str | None, s
     """
     path = sqlite_path(settings.database.url)
     saved = path.parent / "bootstrap-key" if path is not None else None
-    if not await store.list_keys():
-        _, secret = await store.create_key("bootstrap", tenant_id="default")
+    if not await store.any_keys():
+        _, secret = await store.create_key("bootstrap", tenant_id="default", scopes=[Scope.ADMIN])
         if saved is not None:
             saved.touch(mode=0o600)
             saved.write_text(secret + "\n")

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mailgate.cli import app
+from mailgate.store.migrate import head
 
 runner = CliRunner()
 
@@ -124,9 +125,9 @@ def test_db_upgrade_and_current(config: Path) -> None:
     code, out, _ = mailgate("db", "current", "--config", str(config))
     assert code == 0 and out.startswith("empty")
     code, out, _ = mailgate("db", "upgrade", "--config", str(config))
-    assert code == 0 and "0002" in out
+    assert code == 0 and head() in out
     code, out, _ = mailgate("db", "current", "--config", str(config))
-    assert out.strip() == "0002 (up to date)"
+    assert out.strip() == f"{head()} (up to date)"
 
 
 def test_a_bad_config_is_a_usage_error(tmp_path: Path) -> None:
@@ -150,3 +151,77 @@ def test_a_taken_port_is_a_clear_error(config: Path) -> None:
         port = taken.getsockname()[1]
         code, _, err = mailgate("serve", "--port", str(port), "--config", str(config))
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_tenants_and_their_keys(config: Path) -> None:
+    code, out, err = mailgate(
+        "tenants", "create", "--name", "shop", "--sender-domain", "example.com",
+        "--default-from", "Shop <shop@example.com>", "--provider", "sendgrid",
+        "--daily-quota", "2", "--config", str(config), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    shop = json.loads(out)
+    assert shop["id"].startswith("ten_") and shop["sender_domains"] == ["example.com"]
+    assert shop["providers"] == ["sendgrid"] and shop["daily_quota"] == 2
+    code, _, err = mailgate("tenants", "create", "--name", "shop", "--config", str(config))
+    assert code == 1 and "exists" in err
+    code, _, err = mailgate(
+        "tenants", "create", "--name", "x", "--provider", "nowhere", "--config", str(config)
+    )
+    assert code == 1 and "providers[0]" in err
+    code, _, err = mailgate(
+        "tenants", "create", "--name", "x", "--rate-limit", "fast", "--config", str(config)
+    )
+    assert code == 2 and "rate_limit" in err
+
+    code, out, _ = mailgate("tenants", "list", "--config", str(config), "--json")
+    assert [t["name"] for t in json.loads(out)["data"]] == ["shop", "default"]
+    code, out, _ = mailgate("tenants", "list", "--config", str(config))
+    assert code == 0 and "shop" in out and "2 (0)" in out
+    code, out, _ = mailgate("tenants", "show", "shop", "--config", str(config), "--json")
+    assert json.loads(out)["id"] == shop["id"]
+
+    code, out, _ = mailgate(
+        "keys", "create", "--name", "app", "--tenant", shop["id"], "--scope", "send",
+        "--scope", "read", "--config", str(config), "--json",
+    )  # fmt: skip
+    key = json.loads(out)
+    assert code == 0 and key["tenant_id"] == shop["id"] and key["scopes"] == ["send", "read"]
+    code, out, _ = mailgate("keys", "create", "--name", "ops", "--config", str(config), "--json")
+    assert json.loads(out)["scopes"] == ["admin"] and json.loads(out)["tenant_id"] == "default"
+    code, _, err = mailgate(
+        "keys", "create", "--name", "x", "--scope", "root", "--config", str(config)
+    )
+    assert code == 2
+    code, out, _ = mailgate(
+        "keys", "list", "--tenant", shop["id"], "--config", str(config), "--json"
+    )
+    assert [k["id"] for k in json.loads(out)["data"]] == [key["id"]]
+
+    # The tenant's rules apply to `mailgate send` too: the one accept path.
+    send = ["send", "--to", "bob@example.org", "--subject", "Hi", "--text", "Hello"]
+    code, out, err = mailgate(*send, "--tenant", shop["id"], "--config", str(config), "--json")
+    assert code == 0, err
+    assert json.loads(out)["from"] == {"email": "shop@example.com", "name": "Shop"}
+    code, _, err = mailgate(
+        *send, "--from", "a@example.org", "--tenant", shop["id"], "--config", str(config)
+    )
+    assert code == 1 and "sender domains" in err
+    assert mailgate(*send, "--tenant", shop["id"], "--config", str(config))[0] == 0
+    code, _, err = mailgate(*send, "--tenant", shop["id"], "--config", str(config))
+    assert code == 1 and "quota" in err
+
+    code, out, _ = mailgate(
+        "tenants", "update", "shop", "--daily-quota", "5", "--clear", "providers",
+        "--config", str(config), "--json",
+    )  # fmt: skip
+    assert json.loads(out)["daily_quota"] == 5 and json.loads(out)["providers"] is None
+    assert json.loads(out)["used_today"] == 2
+    assert mailgate("tenants", "disable", "shop", "--config", str(config))[0] == 0
+    code, _, err = mailgate(*send, "--tenant", shop["id"], "--config", str(config))
+    assert code == 1 and "disabled" in err
+    assert mailgate("tenants", "enable", shop["id"], "--config", str(config))[0] == 0
+    code, _, err = mailgate("tenants", "disable", "default", "--config", str(config))
+    assert code == 1 and "stays enabled" in err
+    code, _, err = mailgate("tenants", "show", "nobody", "--config", str(config))
+    assert code == 1 and "no tenant" in err

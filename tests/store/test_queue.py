@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from mailgate.errors import Conflict, IdempotencyMismatch, NotFound
 from mailgate.message import Address, EventType, Outcome, Status, new_id
-from mailgate.store import AttemptRecord, EventRecord, Finish, NewMessage, Store, utcnow
+from mailgate.store import AttemptRecord, EventRecord, Finish, NewMessage, Scope, Store, utcnow
 from mailgate.store.tables import messages
 from tests import helpers
 
@@ -279,7 +279,8 @@ async def test_keys_are_hashed_and_revocable(store: Store) -> None:
     key, secret = await store.create_key("ci", tenant_id="default")
     assert secret.startswith("mg_") and key.prefix == secret[:9]
     found = await store.find_key(secret)
-    assert found is not None and found.id == key.id
+    assert found is not None and found[0].id == key.id and found[1].id == "default"
+    assert found[0].scopes == tuple(Scope)
     assert await store.find_key(secret + "x") is None
     await store.revoke_key(key.id)
     assert await store.find_key(secret) is None

@@ -6,17 +6,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.routing import APIRoute, APIRouter
 
 from mailgate import __version__
-from mailgate.api.auth import KeyChecker
+from mailgate.api.accept import Acceptor
+from mailgate.api.audit import audit_router
+from mailgate.api.auth import Guard, Requirement
 from mailgate.api.context import ApiContext
 from mailgate.api.errors import install_error_handlers
+from mailgate.api.guard import RequestLimits
+from mailgate.api.keys import keys_router
 from mailgate.api.messages import messages_router
 from mailgate.api.ops import ops_router
 from mailgate.api.providers import providers_router
 from mailgate.api.schemas import BatchIn, MessageIn
+from mailgate.api.tenants import tenants_router
 from mailgate.config import Settings
 from mailgate.metrics import Metrics
 from mailgate.store import Store
@@ -30,7 +36,13 @@ def create_app(
     on_provider_change: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The API. `settings.providers` must list the providers the worker uses."""
-    ctx = ApiContext(settings=settings, store=store, metrics=metrics, keys=KeyChecker(store))
+    ctx = ApiContext(
+        settings=settings,
+        store=store,
+        metrics=metrics,
+        guard=Guard(store),
+        acceptor=Acceptor(store, metrics, (p.name for p in settings.providers)),
+    )
     if on_provider_change is not None:
         ctx.on_provider_change = on_provider_change
     app = FastAPI(
@@ -40,12 +52,52 @@ def create_app(
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.include_router(messages_router(ctx))
-    app.include_router(providers_router(ctx))
+    for router in (
+        messages_router(ctx),
+        providers_router(ctx),
+        tenants_router(ctx),
+        keys_router(ctx),
+        audit_router(ctx),
+    ):
+        app.include_router(declare_scopes(router))
     app.include_router(ops_router(ctx))
-    app.add_middleware(BodyLimit, max_bytes=settings.server.max_request_bytes)
+    app.add_middleware(RequestLimits, settings=settings.server)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+SCOPE_EXTENSION = "x-mailgate-scope"
+ANY_KEY = "any"
+
+
+def declare_scopes(router: APIRouter) -> APIRouter:
+    """Check that every route of an API router says who may call it, and show it in the docs.
+
+    A route declares its scope with a `Requirement` dependency (or, for the
+    send routes that check the key themselves, with `x-mailgate-scope` in
+    its `openapi_extra`). A route without either stops the app from being
+    built, so nothing is ever added unguarded.
+    """
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        extra = dict(route.openapi_extra or {})
+        found = _requirement(route.dependant)
+        if found is not None:
+            extra[SCOPE_EXTENSION] = found.scope.value if found.scope is not None else ANY_KEY
+        if SCOPE_EXTENSION not in extra:
+            raise RuntimeError(f"route {route.methods} {route.path} declares no scope")
+        route.openapi_extra = extra
+    return router
+
+
+def _requirement(dependant: Dependant) -> Requirement | None:
+    for dependency in dependant.dependencies:
+        if isinstance(dependency.call, Requirement):
+            return dependency.call
+        found = _requirement(dependency)
+        if found is not None:
+            return found
+    return None
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -61,85 +113,3 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             components[model.__name__] = body
         app.openapi_schema = schema
     return app.openapi_schema
-
-
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413 before they are read into memory.
-
-    `Content-Length` is checked up front; a chunked body is counted as it
-    arrives and cut off at the limit.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._refuse(send)
-                    return
-        seen = 0
-        refused = False
-
-        async def limited() -> Message:
-            nonlocal seen, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    refused = True
-                    raise _TooLarge
-            return message
-
-        answered = False
-
-        async def guarded_send(message: Message) -> None:
-            # Once the body went over the limit, whatever the app answers (FastAPI
-            # turns a failed body read into a 400) is replaced by our 413.
-            nonlocal answered
-            if refused:
-                if message["type"] == "http.response.start" and not answered:
-                    answered = True
-                    await self._refuse(send)
-                return
-            answered = answered or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited, guarded_send)
-        except _TooLarge:
-            if not answered:
-                answered = True
-                await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = (
-            b'{"error":{"code":"payload_too_large","message":"the request body is larger than '
-            + str(self.max_bytes).encode()
-            + b' bytes","field":"body"}}'
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

@@ -1,51 +1,118 @@
-"""Bearer API keys, checked against the store and cached briefly.
+"""Who is calling, and may they: bearer keys, their tenant, scopes and the tenant's rate limit.
 
-Each request would otherwise cost a database read; a key found (or
-revoked) is remembered for `CACHE_SECONDS`, so a revocation takes effect
-within that time in every process.
+A key is accepted only in the `Authorization: Bearer <key>` header, never
+in a query string, cookie or body (those end up in logs and histories).
+Each request would otherwise cost a database read; a key found (with its
+tenant) or not found is remembered for a few seconds, so a revocation or a
+disabled tenant takes effect within `CACHE_SECONDS` in every process, and
+at once in the process that made the change (`forget`).
+
+The checks run in this order: a known key (`401 unauthorized`), an enabled
+tenant (`403 tenant_disabled`), the route's scope (`403 forbidden`), the
+tenant's rate limit (`429 rate_limited`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from mailgate.errors import Unauthorized
-from mailgate.store import ApiKey, Store
+from mailgate.api.ratelimit import TenantRateLimiter
+from mailgate.errors import Forbidden, TenantDisabled, Unauthorized
+from mailgate.store import ApiKey, Scope, Store, Tenant
+from mailgate.store.audit import Actor
 
 CACHE_SECONDS = 5.0
 UNKNOWN_CACHE_SECONDS = 1.0
 _MAX_ENTRIES = 10_000
 
 
-class KeyChecker:
-    def __init__(self, store: Store) -> None:
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The key a request came with, and its tenant."""
+
+    key: ApiKey
+    tenant: Tenant
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(key_id=self.key.id, tenant_id=self.tenant.id)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.key.is_admin
+
+    def scope_of(self) -> str | None:
+        """The tenant a read or change of one object is confined to (None: an admin, any)."""
+        return None if self.is_admin else self.tenant.id
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """A route's dependency: a valid key holding `scope` (None: any valid key).
+
+    `create_app` finds it in each route's dependencies, so no route under
+    `/v1` can exist without saying who may call it.
+    """
+
+    guard: Guard
+    scope: Scope | None
+
+    async def __call__(self, request: Request) -> Caller:
+        return await self.guard.check(request, self.scope)
+
+
+class Guard:
+    def __init__(self, store: Store, *, limiter: TenantRateLimiter | None = None) -> None:
         self._store = store
-        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._limiter = limiter or TenantRateLimiter(store)
+        self._cache: dict[str, tuple[tuple[ApiKey, Tenant] | None, float]] = {}
 
-    async def __call__(self, request: Request) -> ApiKey:
-        header = request.headers.get("authorization", "")
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthorized(
-                "send your API key as 'Authorization: Bearer <key>'", field="Authorization"
-            )
-        key = await self._lookup(secret.strip())
-        if key is None:
+    def require(self, scope: Scope | None) -> Requirement:
+        return Requirement(self, scope)
+
+    async def check(self, request: Request, scope: Scope | None) -> Caller:
+        """The caller, if its key, tenant, scope and rate limit all let the request through."""
+        found = await self._lookup(_secret(request))
+        if found is None:
             raise Unauthorized("unknown or revoked API key", field="Authorization")
-        return key
+        key, tenant = found
+        if not tenant.enabled:
+            raise TenantDisabled(f"tenant {tenant.id} is disabled", field="Authorization")
+        if scope is not None and not key.allows(scope):
+            raise Forbidden(
+                f"this key lacks the '{scope}' scope (it has: {', '.join(key.scopes)})",
+                field="Authorization",
+            )
+        await self._limiter.check(tenant)
+        return Caller(key, tenant)
 
-    async def _lookup(self, secret: str) -> ApiKey | None:
+    def forget(self) -> None:
+        """Drop every cached key: a change made in this process takes effect at once."""
+        self._cache.clear()
+
+    async def _lookup(self, secret: str) -> tuple[ApiKey, Tenant] | None:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > now:
             return hit[0]
-        key = await self._store.find_key(secret)
+        found = await self._store.find_key(secret)
         if len(self._cache) >= _MAX_ENTRIES:
             self._cache.clear()
-        ttl = CACHE_SECONDS if key is not None else UNKNOWN_CACHE_SECONDS
-        self._cache[digest] = (key, now + ttl)
-        return key
+        ttl = CACHE_SECONDS if found is not None else UNKNOWN_CACHE_SECONDS
+        self._cache[digest] = (found, now + ttl)
+        return found
+
+
+def _secret(request: Request) -> str:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized(
+            "send your API key as 'Authorization: Bearer <key>'", field="Authorization"
+        )
+    return secret

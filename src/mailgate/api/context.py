@@ -1,4 +1,4 @@
-"""What the routes share: settings, store, metrics, key checker."""
+"""What the routes share: settings, store, metrics, the guard and the accept path."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailgate.api.auth import KeyChecker
+from mailgate.api.accept import Acceptor
+from mailgate.api.auth import Caller, Guard
 from mailgate.config import Settings
+from mailgate.errors import Forbidden, NotFound
 from mailgate.message import new_id
 from mailgate.metrics import Metrics
 from mailgate.store import Store, utcnow
@@ -17,12 +19,16 @@ async def _nothing() -> None:
     return None
 
 
+EVERY_TENANT = "*"
+
+
 @dataclass
 class ApiContext:
     settings: Settings
     store: Store
     metrics: Metrics
-    keys: KeyChecker
+    guard: Guard
+    acceptor: Acceptor
     on_provider_change: Callable[[], Awaitable[None]] = _nothing
     """Called after an operator changes a provider, so a worker in this process sees it at once."""
     node_id: str = field(default_factory=lambda: new_id("api"))
@@ -31,3 +37,17 @@ class ApiContext:
     @property
     def provider_names(self) -> set[str]:
         return {p.name for p in self.settings.providers}
+
+    async def listed_tenant(self, caller: Caller, tenant: str | None) -> str | None:
+        """Whose objects a list shows: the caller's own tenant unless an admin names
+        another with `?tenant=` (`*`: every tenant, returned as None)."""
+        if tenant is None or tenant == caller.tenant.id:
+            return caller.tenant.id
+        if not caller.is_admin:
+            raise Forbidden("only an admin key may list another tenant's", field="tenant")
+        if tenant == EVERY_TENANT:
+            return None
+        try:
+            return (await self.store.get_tenant(tenant)).id
+        except NotFound:
+            raise NotFound(f"no tenant {tenant}", field="tenant") from None

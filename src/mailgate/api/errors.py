@@ -71,7 +71,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
 def install_error_handlers(app: FastAPI) -> None:
     async def request_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestError)
-        return JSONResponse(error_body(exc), status_code=exc.status_code)
+        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)

@@ -1,15 +1,13 @@
 """`/v1/messages`: send (one or a batch), read, list, cancel, retry."""
 
-import hashlib
-import json
 import re
-import time
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
 from mailgate.api.errors import error_body, validation_error
 from mailgate.api.render import message_json, new_message_json
@@ -21,19 +19,15 @@ from mailgate.api.schemas import (
     MessageList,
     MessageOut,
 )
-from mailgate.errors import InvalidRequest, RequestError
-from mailgate.message import Status, new_id
-from mailgate.store import ApiKey, NewMessage, utcnow
+from mailgate.errors import InvalidRequest
+from mailgate.message import Status
+from mailgate.store import Scope
 
 _ID = re.compile(r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorOut},
-    401: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    503: {"model": ErrorOut},
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 429, 503)
 }
+"""Every error a route under /v1 may answer, for the OpenAPI document."""
 
 
 def _check_id(message_id: str) -> str:
@@ -52,13 +46,6 @@ def _idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def _request_hash(message: MessageIn) -> str:
-    canonical = json.dumps(
-        message.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -69,8 +56,8 @@ async def _body(request: Request, model: type[M]) -> M:
         raise validation_error(exc) from None
 
 
-def _documented_body(schema: str) -> dict[str, Any]:
-    """The OpenAPI request body and header of a send route (schemas added in `create_app`)."""
+def _documented_body(schema: str, scope: Scope) -> dict[str, Any]:
+    """A send route's OpenAPI body, header and scope (schemas added in `create_app`)."""
     return {
         "requestBody": {
             "required": True,
@@ -85,45 +72,25 @@ def _documented_body(schema: str) -> dict[str, Any]:
                 "schema": {"type": "string", "maxLength": 255},
             }
         ],
+        "x-mailgate-scope": scope.value,
     }
 
 
 def messages_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/messages", tags=["messages"])
-    Key = Annotated[ApiKey, Depends(ctx.keys)]
+    Reader = Annotated[Caller, Depends(ctx.guard.require(Scope.READ))]
+    Manager = Annotated[Caller, Depends(ctx.guard.require(Scope.MANAGE))]
 
-    def prepare(message: MessageIn, tenant_id: str, idempotency_key: str | None) -> NewMessage:
-        """Everything about a message that can be refused before it is stored."""
-        email = message.to_email()
-        now = utcnow()
-        send_at = message.schedule(now)
-        if message.provider is not None and message.provider not in ctx.provider_names:
-            known = ", ".join(sorted(ctx.provider_names)) or "none"
-            raise InvalidRequest(
-                f"no provider {message.provider!r} is configured (configured: {known})",
-                field="provider",
-            )
-        return NewMessage(
-            id=new_id("msg"),
-            tenant_id=tenant_id,
-            email=email,
-            created_at=now,
-            send_at=send_at,
-            forced_provider=message.provider,
-            idempotency_key=idempotency_key,
-            request_hash=_request_hash(message) if idempotency_key is not None else None,
-        )
-
-    # The two send routes take the raw request and validate the body with
-    # pydantic themselves: measured, FastAPI's parameter solving cost about
-    # as much CPU as everything else on the accept path. `openapi_extra`
-    # keeps their documented body and header.
+    # The two send routes take the raw request, check the key and validate the
+    # body with pydantic themselves: measured, FastAPI's parameter solving cost
+    # about as much CPU as everything else on the accept path. `openapi_extra`
+    # keeps their documented body, header and scope.
     @router.post(
         "",
         status_code=202,
         summary="Send a message",
-        responses={202: {"model": MessageOut}, 200: {"model": MessageOut}, **_ERRORS},
-        openapi_extra=_documented_body("MessageIn"),
+        responses={202: {"model": MessageOut}, 200: {"model": MessageOut}, **ERRORS},
+        openapi_extra=_documented_body("MessageIn", Scope.SEND),
     )
     async def send(request: Request) -> JSONResponse:
         """Store the message and answer 202 once it is committed; a worker delivers it.
@@ -131,74 +98,65 @@ def messages_router(ctx: ApiContext) -> APIRouter:
         With an `Idempotency-Key`, repeating the same request answers 200 with
         the original message; the same key with another body is 409.
         """
-        started = time.perf_counter()
-        key = await ctx.keys(request)
+        caller = await ctx.guard.check(request, Scope.SEND)
         message = await _body(request, MessageIn)
         idempotency_key = _idempotency_key(request.headers.get("idempotency-key"))
-        item = prepare(message, key.tenant_id, idempotency_key)
-        accepted = await ctx.store.accept(item)
+        item, accepted = await ctx.acceptor.accept(
+            message, caller.tenant, idempotency_key=idempotency_key
+        )
         if not accepted.created:
-            view = await ctx.store.get_message(key.tenant_id, accepted.id)
+            view = await ctx.store.get_message(caller.tenant.id, accepted.id)
             return JSONResponse(message_json(view), status_code=200)
-        ctx.metrics.accepted.inc()
-        ctx.metrics.accept_seconds.observe(time.perf_counter() - started)
         return JSONResponse(new_message_json(item), status_code=202)
 
     @router.post(
         "/batch",
         summary="Send up to 1000 messages",
-        responses={200: {"model": BatchOut}, **_ERRORS},
-        openapi_extra=_documented_body("BatchIn"),
+        responses={200: {"model": BatchOut}, **ERRORS},
+        openapi_extra=_documented_body("BatchIn", Scope.SEND),
     )
     async def send_batch(request: Request) -> JSONResponse:
         """Validate each message on its own; store the valid ones; answer per item.
 
         An `Idempotency-Key` applies to each item as `<key>:<index>`.
         """
-        key = await ctx.keys(request)
+        caller = await ctx.guard.check(request, Scope.SEND)
         batch = await _body(request, BatchIn)
         base_key = _idempotency_key(request.headers.get("idempotency-key"))
-        results: list[dict[str, Any]] = [{} for _ in batch.messages]
-        ready: list[tuple[int, NewMessage]] = []
-        for index, raw in enumerate(batch.messages):
-            try:
-                item_key = f"{base_key}:{index}" if base_key is not None else None
-                item = prepare(MessageIn.model_validate(raw), key.tenant_id, item_key)
-            except ValidationError as exc:
-                results[index] = {"index": index, **error_body(validation_error(exc))}
-            except RequestError as exc:
-                results[index] = {"index": index, **error_body(exc)}
+        items = await ctx.acceptor.accept_batch(
+            batch.messages, caller.tenant, idempotency_key=base_key
+        )
+        data: list[dict[str, Any]] = []
+        for item in items:
+            if item.accepted is not None:
+                status = item.accepted.status.value
+                data.append({"index": item.index, "id": item.accepted.id, "status": status})
             else:
-                ready.append((index, item))
-        outcomes = await ctx.store.accept_many([item for _, item in ready])
-        for (index, _), outcome in zip(ready, outcomes, strict=True):
-            if isinstance(outcome, RequestError):
-                results[index] = {"index": index, **error_body(outcome)}
-            elif isinstance(outcome, Exception):
-                raise outcome
-            else:
-                if outcome.created:
-                    ctx.metrics.accepted.inc()
-                results[index] = {"index": index, "id": outcome.id, "status": outcome.status.value}
-        return JSONResponse({"data": results})
+                assert item.error is not None
+                data.append({"index": item.index, **error_body(item.error)})
+        return JSONResponse({"data": data})
 
     @router.get(
         "",
         summary="List messages, newest first",
-        responses={200: {"model": MessageList}, **_ERRORS},
+        responses={200: {"model": MessageList}, **ERRORS},
     )
     async def list_messages(
-        key: Key,
+        caller: Reader,
         status: Annotated[Status | None, Query()] = None,
         tag: Annotated[str | None, Query(max_length=128)] = None,
         to: Annotated[str | None, Query(max_length=320)] = None,
+        tenant: Annotated[
+            str | None,
+            Query(max_length=64, description="Admin keys: another tenant's id, or * for all."),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query()] = None,
     ) -> JSONResponse:
         if cursor is not None and not _ID.match(cursor):
             raise InvalidRequest("cursor is not one this API gave out", field="cursor")
         views = await ctx.store.list_messages(
-            key.tenant_id,
+            await ctx.listed_tenant(caller, tenant),
             limit=limit + 1,
             status=status.value if status is not None else None,
             tag=tag,
@@ -214,28 +172,28 @@ def messages_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/{message_id}",
         summary="A message with its attempts and events",
-        responses={200: {"model": MessageOut}, **_ERRORS},
+        responses={200: {"model": MessageOut}, **ERRORS},
     )
-    async def get_message(message_id: str, key: Key) -> JSONResponse:
-        view = await ctx.store.get_message(key.tenant_id, _check_id(message_id))
+    async def get_message(message_id: str, caller: Reader) -> JSONResponse:
+        view = await ctx.store.get_message(caller.scope_of(), _check_id(message_id))
         return JSONResponse(message_json(view))
 
     @router.post(
         "/{message_id}/cancel",
         summary="Cancel a queued or scheduled message",
-        responses={200: {"model": MessageOut}, **_ERRORS},
+        responses={200: {"model": MessageOut}, **ERRORS},
     )
-    async def cancel(message_id: str, key: Key) -> JSONResponse:
-        await ctx.store.cancel(key.tenant_id, _check_id(message_id))
-        return JSONResponse(message_json(await ctx.store.get_message(key.tenant_id, message_id)))
+    async def cancel(message_id: str, caller: Manager) -> JSONResponse:
+        await ctx.store.cancel(caller.scope_of(), _check_id(message_id), actor=caller.actor)
+        return JSONResponse(message_json(await ctx.store.get_message(None, message_id)))
 
     @router.post(
         "/{message_id}/retry",
         summary="Queue a failed message again",
-        responses={200: {"model": MessageOut}, **_ERRORS},
+        responses={200: {"model": MessageOut}, **ERRORS},
     )
-    async def retry(message_id: str, key: Key) -> JSONResponse:
-        await ctx.store.retry(key.tenant_id, _check_id(message_id))
-        return JSONResponse(message_json(await ctx.store.get_message(key.tenant_id, message_id)))
+    async def retry(message_id: str, caller: Manager) -> JSONResponse:
+        await ctx.store.retry(caller.scope_of(), _check_id(message_id), actor=caller.actor)
+        return JSONResponse(message_json(await ctx.store.get_message(None, message_id)))
 
     return router

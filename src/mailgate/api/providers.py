@@ -12,20 +12,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 
+from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
-from mailgate.api.schemas import ErrorOut, ProviderEventList, ProviderList, ProviderOut, SimulateIn
+from mailgate.api.messages import ERRORS
+from mailgate.api.schemas import ProviderEventList, ProviderList, ProviderOut, SimulateIn
 from mailgate.config import ProviderSettings
 from mailgate.delivery.breaker import BreakerState, visible_state
 from mailgate.errors import NotFound
 from mailgate.message import rfc3339
-from mailgate.store import ApiKey, ProviderEvent, ProviderState, Store
+from mailgate.store import ProviderEvent, ProviderState, Scope, Store
 
 RECENT = timedelta(minutes=5)
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    503: {"model": ErrorOut},
-}
 
 
 def health(
@@ -134,81 +131,90 @@ async def provider_reports(
 
 
 def providers_router(ctx: ApiContext) -> APIRouter:
+    """Reading needs `read` and shows the providers the caller's tenant may use; switches
+    and drills need `admin`."""
     router = APIRouter(prefix="/v1/providers", tags=["providers"])
-    Key = Annotated[ApiKey, Depends(ctx.keys)]
+    Reader = Annotated[Caller, Depends(ctx.guard.require(Scope.READ))]
+    Admin = Annotated[Caller, Depends(ctx.guard.require(Scope.ADMIN))]
     configured = {p.name: p for p in ctx.settings.providers}
 
-    def find(name: str) -> ProviderSettings:
-        if name not in configured:
-            raise NotFound(f"no provider {name!r} is configured", field="name")
-        return configured[name]
+    def visible(caller: Caller) -> list[ProviderSettings]:
+        allowed = caller.tenant.providers
+        if allowed is None or caller.is_admin:
+            return list(configured.values())
+        return [p for p in configured.values() if p.name in allowed]
 
-    async def one(name: str) -> dict[str, Any]:
-        [report] = await provider_reports(ctx.store, [find(name)])
+    def find(name: str, caller: Caller) -> ProviderSettings:
+        for p in visible(caller):
+            if p.name == name:
+                return p
+        raise NotFound(f"no provider {name!r} is configured", field="name")
+
+    async def one(name: str, caller: Caller) -> dict[str, Any]:
+        [report] = await provider_reports(ctx.store, [find(name, caller)])
         return report
 
-    async def change(name: str, event: str, **values: Any) -> JSONResponse:
-        find(name)
-        await ctx.store.update_provider(name, **values)
-        await ctx.store.provider_event(name, event, by="api", **values)
+    async def change(name: str, caller: Caller, event: str, **values: Any) -> JSONResponse:
+        find(name, caller)
+        await ctx.store.switch_provider(name, event, actor=caller.actor, **values)
         await ctx.on_provider_change()
-        return JSONResponse(await one(name))
+        return JSONResponse(await one(name, caller))
 
     @router.get(
         "",
         summary="Every provider and its health",
-        responses={200: {"model": ProviderList}, **_ERRORS},
+        responses={200: {"model": ProviderList}, **ERRORS},
     )
-    async def list_providers(_: Key) -> JSONResponse:
-        return JSONResponse({"data": await provider_reports(ctx.store, list(configured.values()))})
+    async def list_providers(caller: Reader) -> JSONResponse:
+        return JSONResponse({"data": await provider_reports(ctx.store, visible(caller))})
 
     @router.get(
-        "/{name}", summary="One provider", responses={200: {"model": ProviderOut}, **_ERRORS}
+        "/{name}", summary="One provider", responses={200: {"model": ProviderOut}, **ERRORS}
     )
-    async def get_provider(name: str, _: Key) -> JSONResponse:
-        return JSONResponse(await one(name))
+    async def get_provider(name: str, caller: Reader) -> JSONResponse:
+        return JSONResponse(await one(name, caller))
 
     @router.get(
         "/{name}/events",
         summary="A provider's history, newest first",
-        responses={200: {"model": ProviderEventList}, **_ERRORS},
+        responses={200: {"model": ProviderEventList}, **ERRORS},
     )
     async def provider_events(
-        name: str, _: Key, limit: Annotated[int, Query(ge=1, le=500)] = 50
+        name: str, caller: Reader, limit: Annotated[int, Query(ge=1, le=500)] = 50
     ) -> JSONResponse:
         """Breaker openings and closings, pauses after a 429, exhausted quotas, failed
         probes, and the operator's switches and drills."""
-        find(name)
+        find(name, caller)
         events = await ctx.store.provider_events(name, limit=limit)
         return JSONResponse({"data": [provider_event_json(e) for e in events]})
 
     @router.post(
         "/{name}/disable",
         summary="Stop sending through a provider",
-        responses={200: {"model": ProviderOut}, **_ERRORS},
+        responses={200: {"model": ProviderOut}, **ERRORS},
     )
-    async def disable(name: str, _: Key) -> JSONResponse:
-        return await change(name, "disabled", enabled=False)
+    async def disable(name: str, caller: Admin) -> JSONResponse:
+        return await change(name, caller, "disabled", enabled=False)
 
     @router.post(
         "/{name}/enable",
         summary="Send through a provider again",
-        responses={200: {"model": ProviderOut}, **_ERRORS},
+        responses={200: {"model": ProviderOut}, **ERRORS},
     )
-    async def enable(name: str, _: Key) -> JSONResponse:
-        return await change(name, "enabled", enabled=True)
+    async def enable(name: str, caller: Admin) -> JSONResponse:
+        return await change(name, caller, "enabled", enabled=True)
 
     @router.post(
         "/{name}/simulate-failure",
         summary="Make a provider fail on purpose (drills)",
-        responses={200: {"model": ProviderOut}, **_ERRORS},
+        responses={200: {"model": ProviderOut}, **ERRORS},
     )
-    async def simulate_failure(name: str, body: SimulateIn, _: Key) -> JSONResponse:
+    async def simulate_failure(name: str, body: SimulateIn, caller: Admin) -> JSONResponse:
         """`error` answers every call with a 503, `timeout` never answers; `off` ends the drill.
 
         The failure goes through the same code path as a real one: breaker,
         failover, attempts, events and metrics all see it.
         """
-        return await change(name, "drill", simulated_failure=body.mode)
+        return await change(name, caller, "drill", simulated_failure=body.mode)
 
     return router

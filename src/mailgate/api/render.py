@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailgate.message import rfc3339
-from mailgate.store import MessageView, NewMessage
+from mailgate.store import ApiKey, AuditRecord, MessageView, NewMessage, Tenant
 
 
 def _envelope(envelope: Mapping[str, Any]) -> dict[str, Any]:
@@ -29,6 +29,7 @@ def _envelope(envelope: Mapping[str, Any]) -> dict[str, Any]:
 def message_json(view: MessageView, *, history: bool = True) -> dict[str, Any]:
     data: dict[str, Any] = {
         "id": view.id,
+        "tenant_id": view.tenant_id,
         "status": view.status,
         **_envelope(view.envelope),
         "send_at": rfc3339(view.send_at),
@@ -63,6 +64,7 @@ def new_message_json(item: NewMessage) -> dict[str, Any]:
     kind, detail = item.first_event()
     return {
         "id": item.id,
+        "tenant_id": item.tenant_id,
         "status": item.status.value,
         **_envelope(item.email.to_json()),
         "send_at": rfc3339(item.send_at),
@@ -74,4 +76,49 @@ def new_message_json(item: NewMessage) -> dict[str, Any]:
         "updated_at": at,
         "attempts": [],
         "events": [{"type": kind.value, "at": at, "detail": detail}],
+    }
+
+
+def tenant_json(tenant: Tenant, used_today: int | None = None) -> dict[str, Any]:
+    """A tenant; `used_today` counts today's messages against its daily quota (when it has one)."""
+    return {
+        "id": tenant.id,
+        "name": tenant.name,
+        "enabled": tenant.enabled,
+        "sender_domains": list(tenant.sender_domains),
+        "default_from": tenant.default_from,
+        "providers": list(tenant.providers) if tenant.providers is not None else None,
+        "rate_limit": tenant.rate_limit,
+        "daily_quota": tenant.daily_quota,
+        "used_today": (used_today or 0) if tenant.daily_quota is not None else None,
+        "created_at": rfc3339(tenant.created_at),
+        "updated_at": rfc3339(tenant.updated_at),
+    }
+
+
+def key_json(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    """A key, never its secret, except right after it was made (`secret`)."""
+    data: dict[str, Any] = {
+        "id": key.id,
+        "name": key.name,
+        "tenant_id": key.tenant_id,
+        "scopes": [s.value for s in key.scopes],
+        "prefix": key.prefix,
+        "created_at": rfc3339(key.created_at),
+        "revoked_at": rfc3339(key.revoked_at),
+    }
+    if secret is not None:
+        data["key"] = secret
+    return data
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "at": rfc3339(record.at),
+        "key_id": record.key_id,
+        "tenant_id": record.tenant_id,
+        "action": record.action,
+        "target": record.target,
+        "detail": dict(record.detail),
     }

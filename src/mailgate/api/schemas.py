@@ -155,7 +155,8 @@ class AttachmentIn(_Model):
 class MessageIn(_Model):
     """A message to send (`POST /v1/messages`)."""
 
-    sender: AddressField = Field(alias="from")
+    sender: AddressField | None = Field(default=None, alias="from")
+    """Absent: the tenant's `default_from`."""
     to: Annotated[AddressList, Field(min_length=1)]
     cc: AddressList = Field(default_factory=list)
     bcc: AddressList = Field(default_factory=list)
@@ -176,8 +177,16 @@ class MessageIn(_Model):
     send_at: datetime | None = None
     provider: str | None = None
 
-    def to_email(self) -> Email:
-        """The message as mailgate keeps it; raises a `RequestError` naming the field."""
+    def to_email(self, default_from: Address | None = None) -> Email:
+        """The message as mailgate keeps it; raises a `RequestError` naming the field.
+
+        `default_from` is the sender when the message names none.
+        """
+        sender = self.sender or default_from
+        if sender is None:
+            raise InvalidRequest(
+                "from: this field is required (the tenant has no default_from)", field="from"
+            )
         if self.text is None and self.html is None:
             raise InvalidRequest("give text or html (or both)", field="text")
         body_bytes = sum(len(b.encode()) for b in (self.text, self.html) if b is not None)
@@ -202,7 +211,7 @@ class MessageIn(_Model):
                 f"attachments are {total} bytes in all; the limit is 25 MB", field="attachments"
             )
         return Email(
-            sender=self.sender,
+            sender=sender,
             to=tuple(self.to),
             cc=tuple(self.cc),
             bcc=tuple(self.bcc),
@@ -249,6 +258,7 @@ class EventOut(_Model):
 
 class MessageOut(_Model):
     id: str
+    tenant_id: str
     status: str
     sender: dict[str, Any] = Field(alias="from")
     to: list[dict[str, Any]]

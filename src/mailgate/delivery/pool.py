@@ -10,6 +10,9 @@ view up to date, so every process sees the same picture.
 Every breaker change, pause, exhausted quota and failed health probe is
 also a provider event in the store, a metric and a log line, so a failing
 primary never hides behind a healthy backup.
+
+`refresh` also reads the tenants: which are disabled (their mail waits)
+and which providers each may use.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from mailgate.delivery.limits import DailyQuota, RateLimiter, utc_day
 from mailgate.errors import ProviderAuthError, ProviderError, StoreUnavailable
 from mailgate.metrics import Metrics
 from mailgate.providers import Provider, SimulatedFailure, build_provider
-from mailgate.store import Store
+from mailgate.store import Store, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +118,31 @@ class ProviderPool:
                 limiter=RateLimiter(rate) if rate is not None else None,
                 quota=DailyQuota(p.name, p.daily_quota, store) if p.daily_quota else None,
             )
+        self.tenants: dict[str, Tenant] = {}
+        """Every tenant as last read from the store (unknown ones: enabled, every provider)."""
         priorities = sorted({s.settings.priority for s in self.slots.values()})
         self._groups = [
             [s for s in self.slots.values() if s.settings.priority == p] for p in priorities
         ]
 
-    def ordered(self, forced: str | None = None) -> list[Slot]:
-        """The providers to try, in order: by priority, by weight inside a priority."""
+    def tenant_enabled(self, tenant_id: str) -> bool:
+        tenant = self.tenants.get(tenant_id)
+        return tenant is None or tenant.enabled
+
+    def allowed(self, tenant_id: str) -> tuple[str, ...] | None:
+        """The providers a tenant's mail may use (None: every one)."""
+        tenant = self.tenants.get(tenant_id)
+        return tenant.providers if tenant is not None else None
+
+    def ordered(self, forced: str | None = None, tenant_id: str | None = None) -> list[Slot]:
+        """The providers to try, in order: by priority, by weight inside a priority.
+
+        Only those the tenant may use, when it names some.
+        """
+        allowed = self.allowed(tenant_id) if tenant_id is not None else None
         if forced is not None:
-            return [self.slots[forced]] if forced in self.slots else []
+            usable = forced in self.slots and (allowed is None or forced in allowed)
+            return [self.slots[forced]] if usable else []
         order: list[Slot] = []
         for group in self._groups:
             if len(group) == 1:
@@ -134,6 +153,8 @@ class ProviderPool:
                 order += sorted(
                     group, key=lambda s: random.random() ** (1 / s.settings.weight), reverse=True
                 )
+        if allowed is not None:
+            return [slot for slot in order if slot.name in allowed]
         return order
 
     async def acquire(self, slot: Slot) -> Unavailable | None:
@@ -207,6 +228,7 @@ class ProviderPool:
 
     async def refresh(self) -> None:
         """Adopt the operator's switches and breaker changes other processes stored."""
+        self.tenants = {t.id: t for t in await self._store.list_tenants()}
         states = await self._store.provider_states()
         for name, slot in self.slots.items():
             state = states.get(name)

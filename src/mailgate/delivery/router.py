@@ -12,7 +12,9 @@ This is DESIGN.md's outcome table in code:
 
 When nobody took it, the message is queued again with exponential backoff
 and jitter, until `max_age_seconds` after it became due; then it `expired`.
-A message that names its `provider` is tried there only.
+A message that names its `provider` is tried there only; a tenant that
+names its `providers` has its mail tried on those only. A disabled tenant's
+message is not sent: it waits (`TENANT_RECHECK_SECONDS`, then again).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from mailgate.metrics import Metrics
 from mailgate.store import AttemptRecord, Claimed, EventRecord, Finish
 
 log = logging.getLogger(__name__)
+
+TENANT_RECHECK_SECONDS = 10.0
+"""How soon a message of a disabled tenant is looked at again (enabling releases it at once)."""
 
 
 def outcome_of(error: ProviderError) -> Outcome:
@@ -99,10 +104,19 @@ class Router:
     async def deliver(self, message: Claimed, *, owner: str) -> Finish:
         """Run one round and say how it ended (the caller stores it)."""
         round_ = _Round(message, owner)
-        candidates = self._pool.ordered(message.forced_provider)
+        if not self._pool.tenant_enabled(message.tenant_id):
+            return self._finish_held(round_)
+        candidates = self._pool.ordered(message.forced_provider, message.tenant_id)
         if message.forced_provider is not None and not candidates:
-            error = f"provider {message.forced_provider!r} is not configured"
+            forced = message.forced_provider
+            allowed = self._pool.allowed(message.tenant_id)
+            error = f"provider {forced!r} is not configured"
+            if forced in self._pool.slots and allowed is not None:
+                error = f"provider {forced!r} is not one the tenant may use ({', '.join(allowed)})"
             return self._finish_failed(round_, Outcome.PERMANENT, error)
+        if not candidates:
+            names = ", ".join(self._pool.allowed(message.tenant_id) or ())
+            round_.skipped.append(f"none of the tenant's providers ({names}) is configured")
         # Providers that cannot take the message right now (rate limit, pause,
         # open breaker) are passed over for the next; when every one left is
         # only briefly unavailable, the round waits for the first to free up.
@@ -213,6 +227,14 @@ class Router:
         self._metrics.failed.labels(outcome.value).inc()
         log.warning("message %s: failed: %s", round_.message.id, error)
         return round_.finish(Status.FAILED, last_error=error)
+
+    def _finish_held(self, round_: _Round) -> Finish:
+        """The tenant is disabled: the message waits, and this round does not count."""
+        reason = "the tenant is disabled"
+        next_at = datetime.now(UTC) + timedelta(seconds=TENANT_RECHECK_SECONDS)
+        round_.event(EventType.DEFERRED, next_attempt_at=rfc3339(next_at), reason=reason)
+        finish = round_.finish(Status.QUEUED, last_error=reason, next_attempt_at=next_at)
+        return replace(finish, rounds=round_.message.rounds)
 
     def _finish_later(self, round_: _Round) -> Finish:
         message = round_.message

@@ -1,6 +1,7 @@
 """The store: tables, migrations and the queue operations."""
 
-from mailgate.store.keys import ApiKey
+from mailgate.store.audit import CLI, Actor, AuditRecord, Change
+from mailgate.store.keys import EVERY_SCOPE, ApiKey, Scope
 from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import (
     Accepted,
@@ -13,13 +14,21 @@ from mailgate.store.records import (
     MessageView,
     NewMessage,
 )
-from mailgate.store.store import Store, utcnow
+from mailgate.store.store import Store, utc_day, utcnow
+from mailgate.store.tables import DEFAULT_TENANT
+from mailgate.store.tenants import Tenant
 
 __all__ = [
+    "CLI",
+    "DEFAULT_TENANT",
+    "EVERY_SCOPE",
     "Accepted",
+    "Actor",
     "ApiKey",
     "AttemptRecord",
     "AttemptView",
+    "AuditRecord",
+    "Change",
     "Claimed",
     "EventRecord",
     "EventView",
@@ -28,6 +37,9 @@ __all__ = [
     "NewMessage",
     "ProviderEvent",
     "ProviderState",
+    "Scope",
     "Store",
+    "Tenant",
+    "utc_day",
     "utcnow",
 ]

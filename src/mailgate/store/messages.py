@@ -9,6 +9,7 @@ from sqlalchemy import Connection, func, select, text
 from mailgate.message import Status
 from mailgate.store.records import AttemptView, EventView, MessageView
 from mailgate.store.tables import (
+    HELD,
     WAITING,
     attempts,
     events,
@@ -19,6 +20,7 @@ from mailgate.store.tables import (
 
 _COLUMNS = (
     messages.c.id,
+    messages.c.tenant_id,
     messages.c.status,
     messages.c.envelope,
     messages.c.send_at,
@@ -33,9 +35,10 @@ _COLUMNS = (
 
 
 def _view(row: Any, **history: Any) -> MessageView:
-    waiting = row.status in (Status.QUEUED, Status.SCHEDULED)
+    waiting = row.status in (Status.QUEUED, Status.SCHEDULED) and row.next_attempt_at != HELD
     return MessageView(
         id=row.id,
+        tenant_id=row.tenant_id,
         status=row.status,
         envelope=row.envelope,
         send_at=row.send_at,
@@ -50,13 +53,12 @@ def _view(row: Any, **history: Any) -> MessageView:
     )
 
 
-def get_message(conn: Connection, *, tenant_id: str, message_id: str) -> MessageView | None:
-    """One message with every attempt and event, in order."""
-    row = (
-        conn.execute(
-            select(*_COLUMNS).where(messages.c.id == message_id, messages.c.tenant_id == tenant_id)
-        )
-    ).first()
+def get_message(conn: Connection, *, tenant_id: str | None, message_id: str) -> MessageView | None:
+    """One message with every attempt and event, in order; `tenant_id` None: any tenant's."""
+    query = select(*_COLUMNS).where(messages.c.id == message_id)
+    if tenant_id is not None:
+        query = query.where(messages.c.tenant_id == tenant_id)
+    row = conn.execute(query).first()
     if row is None:
         return None
     attempt_rows = conn.execute(
@@ -85,15 +87,20 @@ def get_message(conn: Connection, *, tenant_id: str, message_id: str) -> Message
 def list_messages(
     conn: Connection,
     *,
-    tenant_id: str,
+    tenant_id: str | None,
     limit: int,
     status: str | None = None,
     tag: str | None = None,
     to: str | None = None,
     before_id: str | None = None,
 ) -> list[MessageView]:
-    """Newest first (ids sort by creation time); `before_id` is the cursor."""
-    query = select(*_COLUMNS).where(messages.c.tenant_id == tenant_id)
+    """Newest first (ids sort by creation time); `before_id` is the cursor.
+
+    `tenant_id` None lists every tenant's (an admin's `?tenant=*`).
+    """
+    query = select(*_COLUMNS)
+    if tenant_id is not None:
+        query = query.where(messages.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(messages.c.status == status)
     if tag is not None:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 
 from mailgate.message import Outcome
+from mailgate.store import counters
 from mailgate.store.engine import upsert
 from mailgate.store.tables import attempts, provider_events, provider_quota, provider_state
 
@@ -110,24 +111,8 @@ def reserve_quota(conn: Connection, provider: str, *, day: str, want: int, quota
     Workers reserve in chunks, so the daily quota holds across processes
     without a write per send.
     """
-    conn.execute(
-        upsert(conn, provider_quota)
-        .values(provider=provider, day=day, used=0)
-        .on_conflict_do_nothing(index_elements=["provider", "day"])
-    )
-    used = conn.execute(
-        select(provider_quota.c.used)
-        .where(provider_quota.c.provider == provider, provider_quota.c.day == day)
-        .with_for_update()
-    ).scalar_one()
-    granted = max(0, min(want, quota - used))
-    if granted:
-        conn.execute(
-            update(provider_quota)
-            .where(provider_quota.c.provider == provider, provider_quota.c.day == day)
-            .values(used=provider_quota.c.used + granted)
-        )
-    return int(granted)
+    key = {"provider": provider, "day": day}
+    return counters.take(conn, provider_quota, key, want=want, cap=quota)
 
 
 def release_quota(conn: Connection, provider: str, *, day: str, unused: int) -> None:

@@ -141,6 +141,7 @@ def claim(
             )
             .returning(
                 messages.c.id,
+                messages.c.tenant_id,
                 messages.c.envelope,
                 messages.c.window_start,
                 messages.c.rounds,
@@ -159,6 +160,7 @@ def claim(
     return [
         Claimed(
             id=r.id,
+            tenant_id=r.tenant_id,
             email=join_email(r.envelope, bodies[r.id]),
             window_start=r.window_start,
             rounds=r.rounds,
@@ -334,15 +336,18 @@ def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
         conn.execute(insert(events), event_rows)
 
 
-def cancel(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+def _in_tenant(tenant_id: str | None, message_id: str) -> Any:
+    """The one message, in the tenant (None: an admin, in any tenant)."""
+    if tenant_id is None:
+        return messages.c.id == message_id
+    return and_(messages.c.id == message_id, messages.c.tenant_id == tenant_id)
+
+
+def cancel(conn: Connection, *, tenant_id: str | None, message_id: str, now: datetime) -> bool:
     """Cancel a queued or scheduled message; False when it is in another status."""
     result = conn.execute(
         update(messages)
-        .where(
-            messages.c.id == message_id,
-            messages.c.tenant_id == tenant_id,
-            _WAITING,
-        )
+        .where(_in_tenant(tenant_id, message_id), _WAITING)
         .values(status=Status.CANCELLED, updated_at=now)
     )
     if result.rowcount != 1:
@@ -353,15 +358,11 @@ def cancel(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) 
     return True
 
 
-def retry(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) -> bool:
+def retry(conn: Connection, *, tenant_id: str | None, message_id: str, now: datetime) -> bool:
     """Put a failed message back in the queue with a fresh age window."""
     result = conn.execute(
         update(messages)
-        .where(
-            messages.c.id == message_id,
-            messages.c.tenant_id == tenant_id,
-            messages.c.status == Status.FAILED,
-        )
+        .where(_in_tenant(tenant_id, message_id), messages.c.status == Status.FAILED)
         .values(
             status=Status.QUEUED,
             next_attempt_at=now,
@@ -379,9 +380,9 @@ def retry(conn: Connection, *, tenant_id: str, message_id: str, now: datetime) -
     return True
 
 
-def status_of(conn: Connection, *, tenant_id: str, message_id: str) -> str | None:
-    return conn.execute(
-        select(messages.c.status).where(
-            messages.c.id == message_id, messages.c.tenant_id == tenant_id
-        )
-    ).scalar()
+def status_of(conn: Connection, *, tenant_id: str | None, message_id: str) -> str | None:
+    return conn.execute(select(messages.c.status).where(_in_tenant(tenant_id, message_id))).scalar()
+
+
+def tenant_of(conn: Connection, message_id: str) -> str | None:
+    return conn.execute(select(messages.c.tenant_id).where(messages.c.id == message_id)).scalar()

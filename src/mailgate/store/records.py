@@ -22,6 +22,8 @@ class NewMessage:
     forced_provider: str | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    daily_quota: int | None = None
+    """The tenant's daily quota when it has one: counted in the same transaction."""
 
     @property
     def status(self) -> Status:
@@ -56,6 +58,7 @@ class Claimed:
     """A message a worker now holds a lease on."""
 
     id: str
+    tenant_id: str
     email: Email
     window_start: datetime
     rounds: int
@@ -120,6 +123,7 @@ class MessageView:
     """A message as the status API shows it (history only when read one at a time)."""
 
     id: str
+    tenant_id: str
     status: str
     envelope: Mapping[str, Any]
     send_at: datetime | None

@@ -9,24 +9,36 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from mailgate.config import DatabaseSettings
-from mailgate.errors import Conflict, IdempotencyMismatch, NotFound, RequestError
+from mailgate.errors import (
+    Conflict,
+    IdempotencyMismatch,
+    NotFound,
+    QuotaExceeded,
+    RequestError,
+)
 from mailgate.message import Status
-from mailgate.store import keys, migrate, nodes, queue
+from mailgate.store import audit, keys, migrate, nodes, queue, tenants
 from mailgate.store import messages as reads
 from mailgate.store import providers as provider_rows
+from mailgate.store.audit import Actor, AuditRecord, Change
 from mailgate.store.engine import Database
 from mailgate.store.group_commit import GroupCommit
 from mailgate.store.keys import ApiKey
 from mailgate.store.notify import Listener, notify
 from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import Accepted, Claimed, Finish, MessageView, NewMessage
+from mailgate.store.tables import DEFAULT_TENANT
+from mailgate.store.tenants import Tenant
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -49,6 +61,11 @@ class Store:
 
     async def migrate(self) -> None:
         await migrate.upgrade(self.db)
+        await self.ensure_default_tenant()
+
+    async def ensure_default_tenant(self) -> None:
+        """The tenant `default` always exists (the migration makes it; this keeps it so)."""
+        await self.db.write(_ensure_default_tenant, utcnow())
 
     async def close(self) -> None:
         await self._accepts.close()
@@ -91,13 +108,14 @@ class Store:
 
     # --- reading -------------------------------------------------------------
 
-    async def get_message(self, tenant_id: str, message_id: str) -> MessageView:
+    async def get_message(self, tenant_id: str | None, message_id: str) -> MessageView:
+        """A message of the tenant (None: of any tenant, for an admin); else `NotFound`."""
         view = await self.db.read(reads.get_message, tenant_id=tenant_id, message_id=message_id)
         if view is None:
             raise NotFound(f"no message {message_id}", field="id")
         return view
 
-    async def list_messages(self, tenant_id: str, **filters: Any) -> list[MessageView]:
+    async def list_messages(self, tenant_id: str | None, **filters: Any) -> list[MessageView]:
         return await self.db.read(reads.list_messages, tenant_id=tenant_id, **filters)
 
     async def queue_depth(self) -> dict[str, int]:
@@ -105,21 +123,46 @@ class Store:
 
     # --- operator actions ----------------------------------------------------
 
-    async def cancel(self, tenant_id: str, message_id: str) -> None:
-        status = await self.db.write(_cancel, tenant_id, message_id, utcnow())
-        if status is not None:
-            raise Conflict(
-                f"message is {status}; only queued or scheduled messages can be cancelled",
-                field="status",
-            )
+    async def cancel(
+        self, tenant_id: str | None, message_id: str, *, actor: Actor | None = None
+    ) -> None:
+        """Cancel a queued or scheduled message of the tenant (None: any tenant's)."""
+        await self._audited(actor, _cancel, tenant_id, message_id, utcnow())
 
-    async def retry(self, tenant_id: str, message_id: str) -> None:
-        status = await self.db.write(_retry, tenant_id, message_id, utcnow())
-        if status is not None:
-            raise Conflict(
-                f"message is {status}; only failed messages can be retried", field="status"
-            )
+    async def retry(
+        self, tenant_id: str | None, message_id: str, *, actor: Actor | None = None
+    ) -> None:
+        """Queue a failed message of the tenant (None: any tenant's) again."""
+        await self._audited(actor, _retry, tenant_id, message_id, utcnow())
         self._notify_due(1)
+
+    async def _audited(
+        self,
+        actor: Actor | None,
+        fn: Callable[..., tuple[T, Change]],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
+        """Run a change and, in the same transaction, its audit record; then log it."""
+        at = utcnow()
+
+        def run(conn: Connection) -> tuple[T, Change]:
+            result, change = fn(conn, *args, **kwargs)
+            if actor is not None:
+                audit.record(conn, actor, change, at=at)
+            return result, change
+
+        result, change = await self.db.write(run)
+        if actor is not None:
+            audit.logged(actor, change)
+        return result
+
+    async def audit_records(
+        self, *, tenant_id: str | None, limit: int, before_id: int | None = None
+    ) -> list[AuditRecord]:
+        return await self.db.read(
+            audit.list_records, tenant_id=tenant_id, limit=limit, before_id=before_id
+        )
 
     # --- the worker's side ---------------------------------------------------
 
@@ -167,6 +210,10 @@ class Store:
     async def update_provider(self, name: str, **values: Any) -> None:
         await self.db.write(provider_rows.update_state, name, now=utcnow(), **values)
 
+    async def switch_provider(self, name: str, kind: str, *, actor: Actor, **values: Any) -> None:
+        """An operator's switch or drill: the state, the provider's event and the audit record."""
+        await self._audited(actor, _switch_provider, name, kind, actor, utcnow(), values)
+
     async def recent_outcomes(self, window: timedelta) -> Mapping[str, tuple[int, int]]:
         return await self.db.read(provider_rows.recent_outcomes, since=utcnow() - window)
 
@@ -200,39 +247,204 @@ class Store:
     async def node_stopped(self, node_id: str) -> None:
         await self.db.write(nodes.stopped, node_id, now=utcnow())
 
+    # --- tenants -------------------------------------------------------------
+
+    async def create_tenant(self, tenant: Tenant, *, actor: Actor | None = None) -> Tenant:
+        """Store a new tenant; `Conflict` when its name is taken."""
+        try:
+            await self._audited(actor, _create_tenant, tenant)
+        except IntegrityError:  # a concurrent create took the name first
+            raise _name_taken(tenant.name) from None
+        return tenant
+
+    async def get_tenant(self, tenant_id: str) -> Tenant:
+        tenant = await self.db.read(tenants.get_tenant, tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id}", field="id")
+        return tenant
+
+    async def list_tenants(
+        self, *, limit: int | None = None, before_id: str | None = None
+    ) -> list[Tenant]:
+        return await self.db.read(tenants.list_tenants, limit=limit, before_id=before_id)
+
+    async def update_tenant(
+        self, tenant_id: str, *, actor: Actor | None = None, **values: Any
+    ) -> Tenant:
+        """Change some of a tenant's fields (`enabled` too: holding or releasing its mail)."""
+        try:
+            return await self._audited(actor, _update_tenant, tenant_id, utcnow(), values)
+        except IntegrityError:
+            raise _name_taken(values.get("name", "")) from None
+
+    async def used_today(self, tenant_ids: Sequence[str]) -> dict[str, int]:
+        """Messages each tenant had accepted this UTC day (counted only under a daily quota)."""
+        return await self.db.read(tenants.used_on, tenant_ids, day=utc_day(utcnow()))
+
+    async def take_rate(self, tenant_id: str, *, period: int, want: int, cap: int) -> int:
+        return await self.db.write(tenants.take_rate, tenant_id, period=period, want=want, cap=cap)
+
     # --- API keys ------------------------------------------------------------
 
     async def create_key(
-        self, name: str, *, tenant_id: str, key: str | None = None
+        self,
+        name: str,
+        *,
+        tenant_id: str,
+        scopes: Iterable[str] = keys.EVERY_SCOPE,
+        key: str | None = None,
+        actor: Actor | None = None,
     ) -> tuple[ApiKey, str]:
-        return await self.db.write(
-            keys.create_key, tenant_id=tenant_id, name=name, now=utcnow(), key=key
-        )
+        """A new key of an existing tenant, and its secret (shown once, never stored)."""
+        return await self._audited(
+            actor, _create_key, tenant_id=tenant_id, name=name, scopes=scopes, key=key,
+            now=utcnow(),
+        )  # fmt: skip
 
-    async def find_key(self, secret: str) -> ApiKey | None:
+    async def find_key(self, secret: str) -> tuple[ApiKey, Tenant] | None:
+        """The active key with this secret, and its tenant."""
         return await self.db.read(keys.find_key, secret)
 
-    async def list_keys(self) -> list[ApiKey]:
-        return await self.db.read(keys.list_keys)
+    async def any_keys(self) -> bool:
+        return await self.db.read(keys.any_keys)
 
-    async def revoke_key(self, key_id: str) -> None:
-        if not await self.db.write(keys.revoke_key, key_id, now=utcnow()):
-            raise NotFound(f"no active key {key_id}", field="id")
+    async def get_key(self, key_id: str, *, tenant_id: str | None) -> ApiKey:
+        key = await self.db.read(keys.get_key, key_id, tenant_id=tenant_id)
+        if key is None:
+            raise NotFound(f"no key {key_id}", field="id")
+        return key
+
+    async def list_keys(
+        self,
+        *,
+        tenant_id: str | None = None,
+        limit: int | None = None,
+        before_id: str | None = None,
+    ) -> list[ApiKey]:
+        return await self.db.read(
+            keys.list_keys, tenant_id=tenant_id, limit=limit, before_id=before_id
+        )
+
+    async def revoke_key(
+        self, key_id: str, *, tenant_id: str | None = None, actor: Actor | None = None
+    ) -> ApiKey:
+        """Revoke an active key of the tenant (None: of any tenant)."""
+        return await self._audited(actor, _revoke_key, key_id, tenant_id, utcnow())
 
 
-def _cancel(conn: Connection, tenant_id: str, message_id: str, now: datetime) -> str | None:
-    """None when cancelled, else the status that prevented it."""
-    if queue.cancel(conn, tenant_id=tenant_id, message_id=message_id, now=now):
-        return None
-    return _status(conn, tenant_id, message_id)
+def utc_day(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
-def _retry(conn: Connection, tenant_id: str, message_id: str, now: datetime) -> str | None:
-    """None when queued again, else the status that prevented it."""
-    if queue.retry(conn, tenant_id=tenant_id, message_id=message_id, now=now):
+def _ensure_default_tenant(conn: Connection, now: datetime) -> None:
+    if tenants.get_tenant(conn, DEFAULT_TENANT) is None:
+        tenants.create_tenant(
+            conn,
+            Tenant(
+                id=DEFAULT_TENANT, name=DEFAULT_TENANT, enabled=True, sender_domains=(),
+                default_from=None, providers=None, rate_limit=None, daily_quota=None,
+                created_at=now, updated_at=now,
+            ),
+        )  # fmt: skip
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(f"a tenant named {name!r} exists", field="name")
+
+
+def _create_tenant(conn: Connection, tenant: Tenant) -> tuple[None, Change]:
+    if tenants.name_taken(conn, tenant.name):
+        raise _name_taken(tenant.name)
+    tenants.create_tenant(conn, tenant)
+    return None, Change("tenant.create", tenant.id, tenant.id, {"name": tenant.name})
+
+
+def _update_tenant(
+    conn: Connection, tenant_id: str, now: datetime, values: dict[str, Any]
+) -> tuple[Tenant, Change]:
+    before = tenants.get_tenant(conn, tenant_id)
+    if before is None:
+        raise NotFound(f"no tenant {tenant_id}", field="id")
+    if values.get("enabled") is False and before.is_default:
+        raise Conflict(
+            "the tenant 'default' holds the operator's keys; it stays enabled", field="id"
+        )
+    if "name" in values and tenants.name_taken(conn, values["name"], other_than=tenant_id):
+        raise _name_taken(values["name"])
+    if values:
+        tenants.update_tenant(conn, tenant_id, now=now, **values)
+    action = "tenant.update"
+    if values.get("enabled") is False and before.enabled:
+        tenants.hold_messages(conn, tenant_id, now=now)
+        action = "tenant.disable"
+    elif values.get("enabled") is True and not before.enabled:
+        tenants.release_messages(conn, tenant_id, now=now)
         notify(conn)
-        return None
-    return _status(conn, tenant_id, message_id)
+        action = "tenant.enable"
+    after = tenants.get_tenant(conn, tenant_id)
+    assert after is not None
+    changed = {k: _plain(v) for k, v in values.items() if k != "enabled"}
+    return after, Change(action, tenant_id, tenant_id, changed)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _create_key(conn: Connection, **values: Any) -> tuple[tuple[ApiKey, str], Change]:
+    tenant_id = values["tenant_id"]
+    if tenants.get_tenant(conn, tenant_id) is None:
+        raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
+    key, secret = keys.create_key(conn, **values)
+    detail = {"name": key.name, "scopes": [s.value for s in key.scopes]}
+    return (key, secret), Change("key.create", key.id, tenant_id, detail)
+
+
+def _revoke_key(
+    conn: Connection, key_id: str, tenant_id: str | None, now: datetime
+) -> tuple[ApiKey, Change]:
+    key = keys.revoke_key(conn, key_id, tenant_id=tenant_id, now=now)
+    if key is None:
+        raise NotFound(f"no active key {key_id}", field="id")
+    return key, Change("key.revoke", key.id, key.tenant_id)
+
+
+def _switch_provider(
+    conn: Connection, name: str, kind: str, actor: Actor, now: datetime, values: dict[str, Any]
+) -> tuple[None, Change]:
+    provider_rows.update_state(conn, name, now=now, **values)
+    by = "cli" if actor.key_id is None else "api"
+    provider_rows.record_event(conn, name, kind, at=now, detail={"by": by, **values})
+    action = {"enabled": "provider.enable", "disabled": "provider.disable"}.get(kind)
+    return None, Change(action or "provider.drill", name, actor.tenant_id, values)
+
+
+def _cancel(
+    conn: Connection, tenant_id: str | None, message_id: str, now: datetime
+) -> tuple[None, Change]:
+    if not queue.cancel(conn, tenant_id=tenant_id, message_id=message_id, now=now):
+        status = _status(conn, tenant_id, message_id)
+        raise Conflict(
+            f"message is {status}; only queued or scheduled messages can be cancelled",
+            field="status",
+        )
+    return None, _message_change(conn, "message.cancel", message_id)
+
+
+def _retry(
+    conn: Connection, tenant_id: str | None, message_id: str, now: datetime
+) -> tuple[None, Change]:
+    if not queue.retry(conn, tenant_id=tenant_id, message_id=message_id, now=now):
+        status = _status(conn, tenant_id, message_id)
+        raise Conflict(f"message is {status}; only failed messages can be retried", field="status")
+    notify(conn)
+    return None, _message_change(conn, "message.retry", message_id)
+
+
+def _message_change(conn: Connection, action: str, message_id: str) -> Change:
+    owner = queue.tenant_of(conn, message_id)
+    assert owner is not None
+    return Change(action, message_id, owner)
 
 
 def _reclaim(conn: Connection, now: datetime) -> list[str]:
@@ -242,7 +454,7 @@ def _reclaim(conn: Connection, now: datetime) -> list[str]:
     return reclaimed
 
 
-def _status(conn: Connection, tenant_id: str, message_id: str) -> str:
+def _status(conn: Connection, tenant_id: str | None, message_id: str) -> str:
     status = queue.status_of(conn, tenant_id=tenant_id, message_id=message_id)
     if status is None:
         raise NotFound(f"no message {message_id}", field="id")
@@ -279,10 +491,51 @@ def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accept
         known[slot] = (item.id, item.status.value, item.request_hash or "")
         fresh.append(item)
         results.append(Accepted(item.id, item.status, created=True))
+    if any(item.daily_quota is not None for item in fresh):
+        fresh = _within_quotas(conn, fresh, results, items)
     queue.enqueue(conn, fresh)
     if any(item.send_at is None for item in fresh):
         notify(conn)
     return results
+
+
+def _within_quotas(
+    conn: Connection,
+    fresh: list[NewMessage],
+    results: list[Accepted | Exception],
+    items: Sequence[NewMessage],
+) -> list[NewMessage]:
+    """Count new messages against their tenants' daily quotas; refuse those over it.
+
+    Counted in the accepting transaction, so the quota holds exactly across
+    every process and a message that is not committed is not counted.
+    """
+    wanted: dict[tuple[str, str, int], list[NewMessage]] = {}
+    for item in fresh:
+        if item.daily_quota is not None:
+            slot = (item.tenant_id, utc_day(item.created_at), item.daily_quota)
+            wanted.setdefault(slot, []).append(item)
+    refused: set[str] = set()
+    for (tenant_id, day, quota), group in wanted.items():
+        granted = tenants.take_daily(conn, tenant_id, day=day, want=len(group), quota=quota)
+        refused.update(item.id for item in group[granted:])
+    if not refused:
+        return fresh
+    for i, (item, result) in enumerate(zip(items, results, strict=True)):
+        # A refused message, or a repeat of its idempotency key in the same group.
+        if isinstance(result, Accepted) and result.id in refused:
+            results[i] = QuotaExceeded(
+                f"the tenant's daily quota of {item.daily_quota} messages is used up "
+                "(it starts again at 00:00 UTC)",
+                retry_after=_seconds_to_midnight(item.created_at),
+            )
+    return [item for item in fresh if item.id not in refused]
+
+
+def _seconds_to_midnight(at: datetime) -> int:
+    at = at.astimezone(UTC)
+    midnight = (at + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int((midnight - at).total_seconds()) + 1
 
 
 def _repeat(

@@ -2,8 +2,8 @@
 
 Message headers and addresses (`envelope`) stay on the queue row so listing
 never reads bodies; text, html, custom headers and attachments live in
-`message_bodies` and are read only when a worker sends. Every row carries a
-`tenant_id` (one tenant, `default`, until tenants exist).
+`message_bodies` and are read only when a worker sends. Every message and key
+carries a `tenant_id`; the tenant `default` always exists.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeDecorator
 
 DEFAULT_TENANT = "default"
+HELD = datetime(9999, 1, 1, tzinfo=UTC)
+"""`next_attempt_at` of a disabled tenant's waiting messages: never due until it is enabled."""
 
 metadata = MetaData(
     naming_convention={
@@ -181,8 +183,58 @@ api_keys = Table(
     Column("name", Text, nullable=False),
     Column("prefix", String(32), nullable=False),
     Column("key_hash", String(64), nullable=False, unique=True),
+    Column("scopes", _json(), nullable=False),
     Column("created_at", Timestamp(), nullable=False),
     Column("revoked_at", Timestamp(), nullable=True),
+    Index("ix_api_keys_tenant_id_id", "tenant_id", "id"),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("sender_domains", _json(), nullable=False),
+    Column("default_from", Text, nullable=True),
+    Column("providers", _json(), nullable=True),
+    Column("rate_limit", String(32), nullable=True),
+    Column("daily_quota", Integer, nullable=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("updated_at", Timestamp(), nullable=False),
+)
+
+tenant_quota = Table(
+    "tenant_quota",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("used", Integer, nullable=False, server_default=text("0")),
+)
+
+tenant_rate = Table(
+    "tenant_rate",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    # The rate window's number: the Unix time divided by the window's length.
+    Column("period", BigInteger, nullable=False),
+    Column("used", Integer, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("at", Timestamp(), nullable=False),
+    # None for a change made with the CLI, which holds the database rather than a key.
+    Column("key_id", String(32), nullable=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", _json(), nullable=False),
+    Index("ix_audit_log_tenant_id_id", "tenant_id", "id"),
 )
 
 provider_state = Table(

@@ -1,0 +1,133 @@
+"""`mailgate send` and `mailgate status`: a message through the one accept path, and its story."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from mailgate import service
+from mailgate.api.accept import Acceptor
+from mailgate.api.errors import validation_error
+from mailgate.api.render import message_json, new_message_json
+from mailgate.api.schemas import MessageIn
+from mailgate.cli.common import (
+    ConfigOption,
+    JsonOption,
+    app,
+    out,
+    print_json,
+    settings_from,
+    usage_error,
+    with_store,
+)
+from mailgate.metrics import Metrics
+from mailgate.store import DEFAULT_TENANT, NewMessage, Store
+
+TenantOption = Annotated[
+    str, typer.Option("--tenant", help="The tenant the message belongs to.", show_default=True)
+]
+
+
+@app.command()
+def send(
+    to: Annotated[list[str], typer.Option("--to", help="Recipient (repeat for more).")],
+    subject: Annotated[str, typer.Option("--subject", "-s")],
+    text: Annotated[str | None, typer.Option(help="Plain-text body.")] = None,
+    html: Annotated[str | None, typer.Option(help="HTML body.")] = None,
+    sender: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Sender (default: the tenant's default_from, else delivery.default_from).",
+        ),
+    ] = None,
+    cc: Annotated[list[str] | None, typer.Option("--cc")] = None,
+    bcc: Annotated[list[str] | None, typer.Option("--bcc")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag")] = None,
+    tenant: TenantOption = DEFAULT_TENANT,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue a message (the tenant's rules apply); a running worker delivers it."""
+    settings = service.effective_settings(settings_from(config))
+    if text is None and html is None:
+        raise usage_error("give --text or --html")
+    raw = {"to": to, "cc": cc or [], "bcc": bcc or [], "subject": subject, "tags": tag or []}
+    raw |= {k: v for k, v in (("text", text), ("html", html)) if v is not None}
+    if sender is not None:
+        raw["from"] = sender
+    try:
+        message = MessageIn.model_validate(raw)
+        # Without --from: the tenant's default_from, else the config's default sender.
+        fallback = settings.delivery.default_from
+        with_fallback = MessageIn.model_validate({**raw, "from": fallback}) if fallback else None
+    except ValidationError as exc:
+        problem = validation_error(exc)
+        raise usage_error(f"({problem.field}) {problem.message}") from None
+
+    async def job(store: Store) -> NewMessage:
+        owner = await store.get_tenant(tenant)
+        chosen = message
+        if message.sender is None and owner.default_from is None:
+            if with_fallback is None:
+                raise usage_error(
+                    "give --from, or set the tenant's default_from or delivery.default_from"
+                )
+            chosen = with_fallback
+        acceptor = Acceptor(store, Metrics(), (p.name for p in settings.providers))
+        item, _ = await acceptor.accept(chosen, owner)
+        return item
+
+    item = with_store(settings, job)
+    if as_json:
+        print_json(new_message_json(item))
+    else:
+        out.print(f"{item.id} queued")
+
+
+@app.command()
+def status(
+    message_id: Annotated[str, typer.Argument(metavar="ID")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a message (of any tenant): status, attempts and events."""
+    settings = settings_from(config)
+    view = with_store(settings, lambda store: store.get_message(None, message_id))
+    data = message_json(view)
+    if as_json:
+        print_json(data)
+        return
+    out.print(f"[bold]{data['id']}[/bold]  {data['status']}", highlight=False)
+    recipients = ", ".join(a["email"] for a in data["to"])
+    out.print(f"from {data['from']['email']} to {recipients}: {data['subject']}", highlight=False)
+    if data["tenant_id"] != DEFAULT_TENANT:
+        out.print(f"tenant {data['tenant_id']}", highlight=False)
+    if data["provider"]:
+        out.print(
+            f"provider {data['provider']} ({data['provider_message_id'] or 'no id yet'})",
+            highlight=False,
+        )
+    if data["last_error"]:
+        out.print(f"last error: {data['last_error']}", highlight=False)
+    if data["attempts"]:
+        table = Table(
+            "started", "provider", "ms", "outcome", "error", title="attempts", title_justify="left"
+        )
+        for a in data["attempts"]:
+            table.add_row(
+                a["started_at"],
+                a["provider"] or "?",
+                str(a["duration_ms"]),
+                a["outcome"],
+                a["error"] or "",
+            )
+        out.print(table)
+    table = Table("at", "event", "detail", title="events", title_justify="left")
+    for e in data["events"]:
+        detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v is not None)
+        table.add_row(e["at"], e["type"], detail)
+    out.print(table)

@@ -97,6 +97,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.refused = Counter(
+            "mailgate_requests_refused_total",
+            "API requests refused by the API's rules, by error code (unauthorized, forbidden, "
+            "tenant_disabled, rate_limited, quota_exceeded, invalid_request, ...).",
+            ["code"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "mailgate_queue_depth",
             "Messages waiting by status (queued, scheduled, sending), read at scrape time.",

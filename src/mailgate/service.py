@@ -166,7 +166,7 @@ async def serve(
                 stack.push_async_callback(pool.close)
                 runner = Worker(settings, store, pool, metrics)
             app = create_app(
-                settings, store, metrics, on_provider_change=pool.refresh if pool else None
+                settings, store, metrics, on_state_change=pool.refresh if pool else None
             )
             secret, origin = await bootstrap_key(store, settings)
             host, port = settings.server.host, settings.server.port

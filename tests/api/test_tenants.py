@@ -253,7 +253,9 @@ async def test_the_daily_quota_counts_messages(admin: httpx.AsyncClient, store: 
     assert (await app.post("/v1/messages", json=message())).status_code == 202
 
 
-async def test_the_rate_limit_answers_429_with_retry_after(admin: httpx.AsyncClient) -> None:
+async def test_the_rate_limit_answers_429_with_retry_after(
+    admin: httpx.AsyncClient, metrics: Metrics
+) -> None:
     shop = await new_tenant(admin, rate_limit="1/h")  # one request an hour: the window is long
     app = await key_for(admin, shop["id"], "read")
     assert (await app.get("/v1/me")).status_code == 200
@@ -261,6 +263,10 @@ async def test_the_rate_limit_answers_429_with_retry_after(admin: httpx.AsyncCli
     assert limited.status_code == 429 and error(limited)["code"] == "rate_limited"
     assert 1 <= int(limited.headers["Retry-After"]) <= 3600
     assert (await admin.get("/v1/me")).status_code == 200  # other tenants are not limited
+    refused = metrics.registry.get_sample_value(
+        "mailgate_requests_refused_total", {"code": "rate_limited"}
+    )
+    assert refused == 1
 
 
 def test_windows() -> None:

@@ -48,7 +48,8 @@ async def test_the_id_is_the_message_id_and_the_stream_comes_from_settings(
     assert result.provider_message_id == received.provider_message_id
     uuid.UUID(result.provider_message_id or "")
     assert received.fields["MessageStream"] == "billing"
-    assert received.fields["Tag"] == "first"  # one Tag per message: the rest are dropped
+    assert received.fields["Tag"] == "first"  # one Tag per message, and every tag in Metadata
+    assert json.loads(received.fields["Metadata"]["mailgate_tags"]) == ["first", "second"]
     assert {"Name": "X-Mailgate-Id", "Value": "msg_1"} in received.fields["Headers"]
 
 

@@ -33,7 +33,7 @@ def create_app(
     store: Store,
     metrics: Metrics,
     *,
-    on_provider_change: Callable[[], Awaitable[None]] | None = None,
+    on_state_change: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The API. `settings.providers` must list the providers the worker uses."""
     ctx = ApiContext(
@@ -43,15 +43,15 @@ def create_app(
         guard=Guard(store),
         acceptor=Acceptor(store, metrics, (p.name for p in settings.providers)),
     )
-    if on_provider_change is not None:
-        ctx.on_provider_change = on_provider_change
+    if on_state_change is not None:
+        ctx.on_state_change = on_state_change
     app = FastAPI(
         title="mailgate",
         version=__version__,
         summary="A self-hosted email gateway: accept, queue, deliver with failover.",
     )
     app.state.ctx = ctx
-    install_error_handlers(app)
+    install_error_handlers(app, metrics)
     for router in (
         messages_router(ctx),
         providers_router(ctx),

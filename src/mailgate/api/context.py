@@ -29,8 +29,9 @@ class ApiContext:
     metrics: Metrics
     guard: Guard
     acceptor: Acceptor
-    on_provider_change: Callable[[], Awaitable[None]] = _nothing
-    """Called after an operator changes a provider, so a worker in this process sees it at once."""
+    on_state_change: Callable[[], Awaitable[None]] = _nothing
+    """Called after an operator changes a provider or a tenant, so a worker in this process
+    sees it at once (others read the store every second)."""
     node_id: str = field(default_factory=lambda: new_id("api"))
     started_at: datetime = field(default_factory=utcnow)
 

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mailgate.errors import InvalidRequest, RequestError, StoreUnavailable
+from mailgate.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,15 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     return InvalidRequest(message, field=field)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def request_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestError)
+        metrics.refused.labels(exc.code).inc()
         return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)
+        metrics.refused.labels(InvalidRequest.code).inc()
         return JSONResponse(error_body(validation_error(exc)), status_code=400)
 
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:

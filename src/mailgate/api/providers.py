@@ -157,7 +157,7 @@ def providers_router(ctx: ApiContext) -> APIRouter:
     async def change(name: str, caller: Caller, event: str, **values: Any) -> JSONResponse:
         find(name, caller)
         await ctx.store.switch_provider(name, event, actor=caller.actor, **values)
-        await ctx.on_provider_change()
+        await ctx.on_state_change()
         return JSONResponse(await one(name, caller))
 
     @router.get(

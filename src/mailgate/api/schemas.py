@@ -118,8 +118,8 @@ def _header_value(value: str) -> str:
 def _metadata_key(key: str) -> str:
     if not _METADATA_KEY.match(key):
         raise ValueError(f"metadata key {key!r} must be 1-128 of A-Z a-z 0-9 _ . -")
-    if key == "mailgate_id":
-        raise ValueError("metadata key 'mailgate_id' is mailgate's own")
+    if key in ("mailgate_id", "mailgate_tags"):
+        raise ValueError(f"metadata key {key!r} is mailgate's own")
     return key
 
 

@@ -95,6 +95,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
     async def switch(tenant_id: str, caller: Caller, enabled: bool) -> JSONResponse:
         tenant = await ctx.store.update_tenant(tenant_id, actor=caller.actor, enabled=enabled)
         ctx.guard.forget()
+        await ctx.on_state_change()
         return await answer(tenant)
 
     @router.post(
@@ -149,6 +150,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         changes = patch_values(patch, before, ctx.provider_names)
         tenant = await ctx.store.update_tenant(tenant_id, actor=caller.actor, **changes)
         ctx.guard.forget()
+        await ctx.on_state_change()
         return await answer(tenant)
 
     @router.post(

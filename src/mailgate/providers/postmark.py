@@ -2,9 +2,11 @@
 
 Addresses travel as RFC 5322 strings (`To`/`Cc`/`Bcc` comma-separated,
 display names quoted or RFC 2047-encoded as Postmark's parser expects).
-Postmark keeps one `Tag` per message, so only the first tag goes; metadata
-is `Metadata` plus `mailgate_id` (returned in every webhook), and the
-`X-Mailgate-Id` header. The provider's id is the answer's `MessageID`.
+Postmark keeps one `Tag` per message, so the first tag goes as `Tag` and
+every tag, in order, as `mailgate_tags` in `Metadata` (a JSON list, so no
+tag is lost whatever it contains); metadata is `Metadata` plus
+`mailgate_id` (returned in every webhook), and the `X-Mailgate-Id` header.
+The provider's id is the answer's `MessageID`.
 
 Postmark explains its errors with its own `ErrorCode` (in a 422, or per
 message in a batch answer), and that code, not the HTTP status, decides the
@@ -16,6 +18,7 @@ the message. Postmark documents no idempotency key.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from email.utils import formataddr
 from typing import Any
@@ -107,7 +110,8 @@ class PostmarkProvider(HttpProvider):
         if email.html is not None:
             body["HtmlBody"] = email.html
         if email.tags:
-            body["Tag"] = email.tags[0]  # Postmark keeps one tag per message
+            body["Tag"] = email.tags[0]  # Postmark keeps one tag per message...
+            body["Metadata"]["mailgate_tags"] = json.dumps(list(email.tags))  # ...so all go here
         if email.attachments:
             body["Attachments"] = [
                 {"Name": a.filename, "Content": a.content, "ContentType": a.content_type}

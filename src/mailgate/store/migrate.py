@@ -49,6 +49,17 @@ async def upgrade(database: Database, revision: str = "head") -> None:
     await database.write(_upgrade, revision)
 
 
+def _downgrade(conn: Connection, revision: str) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    command.downgrade(_config(conn), revision)
+
+
+async def downgrade(database: Database, revision: str) -> None:
+    """Go back to `revision` (what each migration's `downgrade` undoes is lost)."""
+    await database.write(_downgrade, revision)
+
+
 async def current(database: Database) -> str | None:
     """The revision the database is at, or None when it has no schema yet."""
     return await database.read(_current)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from email.header import decode_header, make_header
@@ -31,7 +32,6 @@ def addresses(value: str | None) -> list[dict[str, str]]:
 class PostmarkCase(HttpCase):
     name = "postmark"
     fake: FakePostmark
-    tags_kept = 1  # Postmark keeps one Tag per message
     retry_after_given = False  # Postmark's 429 says no wait time
     failures: ClassVar[dict[Failure, tuple[int, str | None]]] = {
         Failure.REJECTED: (422, "300"),  # invalid email request
@@ -83,7 +83,7 @@ class PostmarkCase(HttpCase):
                 {"filename": a["Name"], "content_type": a["ContentType"], "content": a["Content"]}
                 for a in m.get("Attachments") or []
             ],
-            tags=[m["Tag"]] if m.get("Tag") else [],
+            tags=json.loads(metadata.pop("mailgate_tags", "[]")),
             metadata=metadata,
         )
 

@@ -18,14 +18,13 @@ from sqlalchemy.exc import IntegrityError
 
 from mailgate.config import DatabaseSettings
 from mailgate.errors import (
-    Conflict,
     IdempotencyMismatch,
     NotFound,
     QuotaExceeded,
     RequestError,
 )
 from mailgate.message import Status
-from mailgate.store import audit, keys, migrate, nodes, queue, tenants
+from mailgate.store import audit, changes, keys, migrate, nodes, queue, tenants
 from mailgate.store import messages as reads
 from mailgate.store import providers as provider_rows
 from mailgate.store.audit import Actor, AuditRecord, Change
@@ -35,7 +34,6 @@ from mailgate.store.keys import ApiKey
 from mailgate.store.notify import Listener, notify
 from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import Accepted, Claimed, Finish, MessageView, NewMessage
-from mailgate.store.tables import DEFAULT_TENANT
 from mailgate.store.tenants import Tenant
 
 T = TypeVar("T")
@@ -65,7 +63,7 @@ class Store:
 
     async def ensure_default_tenant(self) -> None:
         """The tenant `default` always exists (the migration makes it; this keeps it so)."""
-        await self.db.write(_ensure_default_tenant, utcnow())
+        await self.db.write(changes.ensure_default_tenant, utcnow())
 
     async def close(self) -> None:
         await self._accepts.close()
@@ -127,13 +125,13 @@ class Store:
         self, tenant_id: str | None, message_id: str, *, actor: Actor | None = None
     ) -> None:
         """Cancel a queued or scheduled message of the tenant (None: any tenant's)."""
-        await self._audited(actor, _cancel, tenant_id, message_id, utcnow())
+        await self._audited(actor, changes.cancel, tenant_id, message_id, utcnow())
 
     async def retry(
         self, tenant_id: str | None, message_id: str, *, actor: Actor | None = None
     ) -> None:
         """Queue a failed message of the tenant (None: any tenant's) again."""
-        await self._audited(actor, _retry, tenant_id, message_id, utcnow())
+        await self._audited(actor, changes.retry, tenant_id, message_id, utcnow())
         self._notify_due(1)
 
     async def _audited(
@@ -212,7 +210,7 @@ class Store:
 
     async def switch_provider(self, name: str, kind: str, *, actor: Actor, **values: Any) -> None:
         """An operator's switch or drill: the state, the provider's event and the audit record."""
-        await self._audited(actor, _switch_provider, name, kind, actor, utcnow(), values)
+        await self._audited(actor, changes.switch_provider, name, kind, actor, utcnow(), values)
 
     async def recent_outcomes(self, window: timedelta) -> Mapping[str, tuple[int, int]]:
         return await self.db.read(provider_rows.recent_outcomes, since=utcnow() - window)
@@ -252,9 +250,9 @@ class Store:
     async def create_tenant(self, tenant: Tenant, *, actor: Actor | None = None) -> Tenant:
         """Store a new tenant; `Conflict` when its name is taken."""
         try:
-            await self._audited(actor, _create_tenant, tenant)
+            await self._audited(actor, changes.create_tenant, tenant)
         except IntegrityError:  # a concurrent create took the name first
-            raise _name_taken(tenant.name) from None
+            raise changes.name_conflict(tenant.name) from None
         return tenant
 
     async def get_tenant(self, tenant_id: str) -> Tenant:
@@ -273,9 +271,9 @@ class Store:
     ) -> Tenant:
         """Change some of a tenant's fields (`enabled` too: holding or releasing its mail)."""
         try:
-            return await self._audited(actor, _update_tenant, tenant_id, utcnow(), values)
+            return await self._audited(actor, changes.update_tenant, tenant_id, utcnow(), values)
         except IntegrityError:
-            raise _name_taken(values.get("name", "")) from None
+            raise changes.name_conflict(values.get("name", "")) from None
 
     async def used_today(self, tenant_ids: Sequence[str]) -> dict[str, int]:
         """Messages each tenant had accepted this UTC day (counted only under a daily quota)."""
@@ -297,7 +295,7 @@ class Store:
     ) -> tuple[ApiKey, str]:
         """A new key of an existing tenant, and its secret (shown once, never stored)."""
         return await self._audited(
-            actor, _create_key, tenant_id=tenant_id, name=name, scopes=scopes, key=key,
+            actor, changes.create_key, tenant_id=tenant_id, name=name, scopes=scopes, key=key,
             now=utcnow(),
         )  # fmt: skip
 
@@ -329,122 +327,11 @@ class Store:
         self, key_id: str, *, tenant_id: str | None = None, actor: Actor | None = None
     ) -> ApiKey:
         """Revoke an active key of the tenant (None: of any tenant)."""
-        return await self._audited(actor, _revoke_key, key_id, tenant_id, utcnow())
+        return await self._audited(actor, changes.revoke_key, key_id, tenant_id, utcnow())
 
 
 def utc_day(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d")
-
-
-def _ensure_default_tenant(conn: Connection, now: datetime) -> None:
-    if tenants.get_tenant(conn, DEFAULT_TENANT) is None:
-        tenants.create_tenant(
-            conn,
-            Tenant(
-                id=DEFAULT_TENANT, name=DEFAULT_TENANT, enabled=True, sender_domains=(),
-                default_from=None, providers=None, rate_limit=None, daily_quota=None,
-                created_at=now, updated_at=now,
-            ),
-        )  # fmt: skip
-
-
-def _name_taken(name: str) -> Conflict:
-    return Conflict(f"a tenant named {name!r} exists", field="name")
-
-
-def _create_tenant(conn: Connection, tenant: Tenant) -> tuple[None, Change]:
-    if tenants.name_taken(conn, tenant.name):
-        raise _name_taken(tenant.name)
-    tenants.create_tenant(conn, tenant)
-    return None, Change("tenant.create", tenant.id, tenant.id, {"name": tenant.name})
-
-
-def _update_tenant(
-    conn: Connection, tenant_id: str, now: datetime, values: dict[str, Any]
-) -> tuple[Tenant, Change]:
-    before = tenants.get_tenant(conn, tenant_id)
-    if before is None:
-        raise NotFound(f"no tenant {tenant_id}", field="id")
-    if values.get("enabled") is False and before.is_default:
-        raise Conflict(
-            "the tenant 'default' holds the operator's keys; it stays enabled", field="id"
-        )
-    if "name" in values and tenants.name_taken(conn, values["name"], other_than=tenant_id):
-        raise _name_taken(values["name"])
-    if values:
-        tenants.update_tenant(conn, tenant_id, now=now, **values)
-    action = "tenant.update"
-    if values.get("enabled") is False and before.enabled:
-        tenants.hold_messages(conn, tenant_id, now=now)
-        action = "tenant.disable"
-    elif values.get("enabled") is True and not before.enabled:
-        tenants.release_messages(conn, tenant_id, now=now)
-        notify(conn)
-        action = "tenant.enable"
-    after = tenants.get_tenant(conn, tenant_id)
-    assert after is not None
-    changed = {k: _plain(v) for k, v in values.items() if k != "enabled"}
-    return after, Change(action, tenant_id, tenant_id, changed)
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _create_key(conn: Connection, **values: Any) -> tuple[tuple[ApiKey, str], Change]:
-    tenant_id = values["tenant_id"]
-    if tenants.get_tenant(conn, tenant_id) is None:
-        raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
-    key, secret = keys.create_key(conn, **values)
-    detail = {"name": key.name, "scopes": [s.value for s in key.scopes]}
-    return (key, secret), Change("key.create", key.id, tenant_id, detail)
-
-
-def _revoke_key(
-    conn: Connection, key_id: str, tenant_id: str | None, now: datetime
-) -> tuple[ApiKey, Change]:
-    key = keys.revoke_key(conn, key_id, tenant_id=tenant_id, now=now)
-    if key is None:
-        raise NotFound(f"no active key {key_id}", field="id")
-    return key, Change("key.revoke", key.id, key.tenant_id)
-
-
-def _switch_provider(
-    conn: Connection, name: str, kind: str, actor: Actor, now: datetime, values: dict[str, Any]
-) -> tuple[None, Change]:
-    provider_rows.update_state(conn, name, now=now, **values)
-    by = "cli" if actor.key_id is None else "api"
-    provider_rows.record_event(conn, name, kind, at=now, detail={"by": by, **values})
-    action = {"enabled": "provider.enable", "disabled": "provider.disable"}.get(kind)
-    return None, Change(action or "provider.drill", name, actor.tenant_id, values)
-
-
-def _cancel(
-    conn: Connection, tenant_id: str | None, message_id: str, now: datetime
-) -> tuple[None, Change]:
-    if not queue.cancel(conn, tenant_id=tenant_id, message_id=message_id, now=now):
-        status = _status(conn, tenant_id, message_id)
-        raise Conflict(
-            f"message is {status}; only queued or scheduled messages can be cancelled",
-            field="status",
-        )
-    return None, _message_change(conn, "message.cancel", message_id)
-
-
-def _retry(
-    conn: Connection, tenant_id: str | None, message_id: str, now: datetime
-) -> tuple[None, Change]:
-    if not queue.retry(conn, tenant_id=tenant_id, message_id=message_id, now=now):
-        status = _status(conn, tenant_id, message_id)
-        raise Conflict(f"message is {status}; only failed messages can be retried", field="status")
-    notify(conn)
-    return None, _message_change(conn, "message.retry", message_id)
-
-
-def _message_change(conn: Connection, action: str, message_id: str) -> Change:
-    owner = queue.tenant_of(conn, message_id)
-    assert owner is not None
-    return Change(action, message_id, owner)
 
 
 def _reclaim(conn: Connection, now: datetime) -> list[str]:
@@ -452,13 +339,6 @@ def _reclaim(conn: Connection, now: datetime) -> list[str]:
     if reclaimed:
         notify(conn)
     return reclaimed
-
-
-def _status(conn: Connection, tenant_id: str | None, message_id: str) -> str:
-    status = queue.status_of(conn, tenant_id=tenant_id, message_id=message_id)
-    if status is None:
-        raise NotFound(f"no message {message_id}", field="id")
-    return status
 
 
 def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted | Exception]:

@@ -35,7 +35,7 @@ from mailgate.metrics import Metrics
 from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
 from mailgate.serving import serve_asgi
 from mailgate.store import Scope, Store
-from mailgate.store.engine import sqlite_path
+from mailgate.store.engine import shown_url, sqlite_path
 
 log = logging.getLogger("mailgate")
 
@@ -177,7 +177,8 @@ async def serve(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc} "
                     "(server.host / server.port, MAILGATE_SERVER__PORT)"
                 ) from None
-            announce(f"mailgate is listening on {server.url} (database {settings.database.url})")
+            database = shown_url(settings.database.url)
+            announce(f"mailgate is listening on {server.url} (database {database})")
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
             if runner is None:
                 announce(

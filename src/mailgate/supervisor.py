@@ -46,6 +46,7 @@ from mailgate.service import (
 )
 from mailgate.serving import listening_socket, serve_asgi
 from mailgate.store import Store
+from mailgate.store.engine import shown_url
 
 log = logging.getLogger("mailgate")
 
@@ -107,7 +108,8 @@ async def supervise(
                 _start(context, child)
             announce(
                 f"mailgate is listening on http://{host}:{bound} with {api_processes} API "
-                f"processes{' and a worker' if worker else ''} (database {settings.database.url})"
+                f"processes{' and a worker' if worker else ''} "
+                f"(database {shown_url(settings.database.url)})"
             )
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
             while not stop.is_set():

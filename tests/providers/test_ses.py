@@ -467,3 +467,24 @@ def test_the_default_endpoint_is_the_regions() -> None:
     assert request.url == "https://email.eu-west-1.amazonaws.com/v2/email/outbound-emails"
     assert request.headers["Host"] == "email.eu-west-1.amazonaws.com"
     assert "/eu-west-1/ses/aws4_request" in request.headers["Authorization"]
+
+
+async def test_credentials_echoed_in_an_error_are_not_kept() -> None:
+    """AWS answers a signature it cannot match with the canonical request it expected,
+    session token included: only the first paragraph is kept, and the token nowhere."""
+    token = "IQoJb3JpZ2luX2VjEXAMPLE-session-token"
+    async with open_case(session_token=token) as ses:
+        provider = adapter(ses, session_token=token)
+        ses.fake.behaviour.update(
+            {
+                "status": 403,
+                "error": "InvalidSignatureException: The request signature we calculated does "
+                f"not match.\n\nThe Canonical String for this request should have been\n"
+                f"'POST\nx-amz-security-token:{token}\n'",
+            }
+        )
+        with pytest.raises(ProviderAuthError) as refused:
+            await provider.send("msg_1", EMAIL)
+        await provider.close()
+    assert "does not match" in str(refused.value) and "Canonical" not in str(refused.value)
+    assert token not in str(refused.value) and token not in refused.value.detail

@@ -12,6 +12,7 @@ metrics belong to `mailgate.delivery`, never to a provider.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import time
@@ -22,6 +23,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import aiohttp
+from pydantic import BaseModel, SecretStr
 
 from mailgate.config import HttpProviderSettings
 from mailgate.errors import (
@@ -132,6 +134,7 @@ class HttpProvider(Provider):
         self.base_url = settings.base_url.rstrip("/")
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._secret_forms = secret_forms(settings)
 
     @abstractmethod
     def build_request(self, message_id: str, email: Email) -> HttpRequest:
@@ -220,7 +223,7 @@ class HttpProvider(Provider):
                     json=request.json,
                     data=request.form if request.form is not None else request.data,
                 ) as resp:
-                    body = await resp.read()
+                    body = redacted(await resp.read(), self._secret_forms)
                     return HttpResponse(resp.status, dict(resp.headers), body)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise ProviderUnavailable(self.name, f"cannot connect: {exc}") from exc
@@ -247,6 +250,42 @@ class HttpProvider(Provider):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+REDACTED = b"[redacted]"
+
+
+def secret_forms(settings: BaseModel) -> tuple[bytes, ...]:
+    """Each form in which a provider's credentials could come back in its answers.
+
+    Providers sometimes echo what they were sent (AWS, failing a signature,
+    answers with the canonical request it expected, session token
+    included). Whatever comes back is kept in attempts, events and log
+    lines, so every answer is cleaned of these first: each secret setting
+    as it is and in base64, and the basic-auth pairs providers use
+    (`api:<key>`, `<key>:<secret>`), longest first.
+    """
+    secrets = [
+        value.get_secret_value()
+        for name in type(settings).model_fields
+        if isinstance(value := getattr(settings, name), SecretStr) and value.get_secret_value()
+    ]
+    forms = set()
+    for secret in secrets:
+        forms |= {secret, _b64(secret), _b64(f"api:{secret}")}
+        forms |= {_b64(f"{secret}:{other}") for other in secrets if other != secret}
+    return tuple(f.encode() for f in sorted(forms, key=len, reverse=True))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def redacted(body: bytes, forms: tuple[bytes, ...]) -> bytes:
+    for form in forms:
+        if form in body:
+            body = body.replace(form, REDACTED)
+    return body
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:

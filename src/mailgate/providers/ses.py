@@ -315,9 +315,11 @@ def error_code(response: HttpResponse) -> str | None:
 
 
 def error_message(response: HttpResponse) -> str:
+    """AWS's message, its first paragraph only: after a signature mismatch the rest is
+    the canonical request AWS expected, with our signed headers in it."""
     data = response.json()
     if isinstance(data, dict):
-        return str(data.get("message") or data.get("Message") or "")
+        return str(data.get("message") or data.get("Message") or "").split("\n\n", 1)[0]
     return ""
 
 

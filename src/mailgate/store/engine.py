@@ -66,6 +66,11 @@ def driver_url(url: str) -> URL:
     raise ValueError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
 
 
+def shown_url(url: str) -> str:
+    """The database URL as it may be printed or logged: without its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def sqlite_path(url: str) -> Path | None:
     """The SQLite file behind `url`, or None for other engines."""
     parsed = make_url(url)

@@ -202,3 +202,21 @@ async def test_the_openapi_document_describes_every_body(client: httpx.AsyncClie
     assert refs
     for ref in refs:
         assert ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in schemas, ref
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/messages?tag=a%00b", "tag"),
+        ("/v1/messages?to=a%00b@example.org", "to"),
+        ("/v1/messages?tenant=a%00b", "tenant"),
+        ("/v1/tenants/a%00b", "tenant_id"),
+        ("/v1/audit?cursor=9223372036854775808", "cursor"),
+    ],
+)
+async def test_values_no_store_could_keep_are_refused_at_the_door(
+    client: httpx.AsyncClient, path: str, field: str
+) -> None:
+    response = await client.get(path)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from mailgate.errors import Conflict, IdempotencyMismatch, NotFound
+from mailgate.errors import Conflict, IdempotencyMismatch, InvalidRequest, NotFound
 from mailgate.message import Address, EventType, Outcome, Status, new_id
 from mailgate.store import AttemptRecord, EventRecord, Finish, NewMessage, Scope, Store, utcnow
 from mailgate.store.tables import messages
@@ -300,3 +300,15 @@ async def test_provider_state_upserts(store: Store) -> None:
         "timeout",
         "closed",
     )
+
+
+async def test_a_value_the_store_cannot_keep_sinks_only_its_own_message(store: Store) -> None:
+    """PostgreSQL refuses NUL in text: that message is refused, its group-mates are kept."""
+    good, bad = new(), new(email=email(tags=("a\x00b",)))
+    results = await store.accept_many([good, bad])
+    assert not isinstance(results[0], Exception)
+    if store.db.is_sqlite:  # SQLite keeps any text
+        assert not isinstance(results[1], Exception)
+    else:
+        assert isinstance(results[1], InvalidRequest)
+        assert await count(store) == 1

@@ -101,15 +101,31 @@ def _requirement(dependant: Dependant) -> Requirement | None:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, plus the bodies the send routes validate themselves."""
+    """FastAPI's document, plus the bodies the send routes validate themselves, the bearer
+    key, `Retry-After`, and without the 422 answers FastAPI documents but mailgate never
+    gives (its validation errors are 400s)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
         for model in (MessageIn, BatchIn):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components[model.__name__] = body
+            schemas.update(body.pop("$defs", {}))
+            schemas[model.__name__] = body
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        components["securitySchemes"] = {"key": {"type": "http", "scheme": "bearer"}}
+        retry_after = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                # Validation errors are answered 400 in the error shape, never 422.
+                operation["responses"].pop("422", None)
+                if path.startswith("/v1"):
+                    operation["security"] = [{"key": []}]
+                for status in ("429", "503"):
+                    if status in operation["responses"]:
+                        operation["responses"][status]["headers"] = retry_after
         app.openapi_schema = schema
     return app.openapi_schema

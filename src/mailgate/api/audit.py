@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
-from mailgate.api.messages import ERRORS
+from mailgate.api.messages import ERRORS, TenantQuery
 from mailgate.api.render import audit_json
 from mailgate.api.tenant_schemas import AuditList
 from mailgate.store import Scope
@@ -20,12 +20,9 @@ def audit_router(ctx: ApiContext) -> APIRouter:
     @router.get("", summary="The audit log", responses={200: {"model": AuditList}, **ERRORS})
     async def audit(
         caller: Admin,
-        tenant: Annotated[
-            str | None,
-            Query(max_length=64, description="One tenant's changes; absent or *: every tenant's."),
-        ] = None,
+        tenant: TenantQuery = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 50,
-        cursor: Annotated[int | None, Query(ge=1)] = None,
+        cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     ) -> JSONResponse:
         """Each record names the key that made the change (null: the CLI), the action, the
         target and the tenant it concerns."""

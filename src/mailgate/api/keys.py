@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
-from mailgate.api.messages import ERRORS
+from mailgate.api.messages import ERRORS, TenantQuery
 from mailgate.api.render import key_json, tenant_json
 from mailgate.api.tenant_schemas import KeyCreated, KeyIn, KeyList, KeyOut, MeOut
 from mailgate.errors import Forbidden, InvalidRequest, NotFound
@@ -57,10 +57,7 @@ def keys_router(ctx: ApiContext) -> APIRouter:
     )
     async def list_keys(
         caller: Manager,
-        tenant: Annotated[
-            str | None,
-            Query(max_length=64, description="Admin keys: another tenant's id, or * for all."),
-        ] = None,
+        tenant: TenantQuery = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> JSONResponse:

@@ -24,8 +24,18 @@ from mailgate.message import Status
 from mailgate.store import Scope
 
 _ID = re.compile(r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
+SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
+"""No control characters: nothing the stores cannot keep (PostgreSQL refuses NUL)."""
+TENANT_ID = r"^[A-Za-z0-9_-]{1,64}$"
+TenantQuery = Annotated[
+    str | None,
+    Query(
+        pattern=r"^([A-Za-z0-9_-]{1,64}|\*)$",
+        description="Admin keys: another tenant's id, or * for every tenant's.",
+    ),
+]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 429, 503)
+    code: {"model": ErrorOut} for code in (400, 401, 403, 404, 409, 413, 414, 429, 431, 503)
 }
 """Every error a route under /v1 may answer, for the OpenAPI document."""
 
@@ -144,12 +154,9 @@ def messages_router(ctx: ApiContext) -> APIRouter:
     async def list_messages(
         caller: Reader,
         status: Annotated[Status | None, Query()] = None,
-        tag: Annotated[str | None, Query(max_length=128)] = None,
-        to: Annotated[str | None, Query(max_length=320)] = None,
-        tenant: Annotated[
-            str | None,
-            Query(max_length=64, description="Admin keys: another tenant's id, or * for all."),
-        ] = None,
+        tag: Annotated[str | None, Query(max_length=128, pattern=SINGLE_LINE)] = None,
+        to: Annotated[str | None, Query(max_length=320, pattern=SINGLE_LINE)] = None,
+        tenant: TenantQuery = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query()] = None,
     ) -> JSONResponse:

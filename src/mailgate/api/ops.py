@@ -1,7 +1,7 @@
 """`/healthz`, `/readyz` and `/metrics`: for load balancers and Prometheus, no key needed."""
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from mailgate.api.context import ApiContext
@@ -15,7 +15,11 @@ def ops_router(ctx: ApiContext) -> APIRouter:
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @router.get("/readyz", summary="The store takes writes")
+    @router.get(
+        "/readyz",
+        summary="The store takes writes",
+        responses={503: {"description": "The store cannot take a write now."}},
+    )
     async def readyz() -> JSONResponse:
         try:
             await ctx.store.heartbeat(ctx.node_id, "api", ctx.started_at)
@@ -27,7 +31,12 @@ def ops_router(ctx: ApiContext) -> APIRouter:
             return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics() -> Response:
         try:
             depth = await ctx.store.queue_depth()

@@ -117,7 +117,7 @@ class KeyIn(_Model):
 
     name: Annotated[str, Field(min_length=1, max_length=128), AfterValidator(check_no_control)]
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=4)]
-    tenant_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    tenant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
     """Absent: the calling key's tenant. Another tenant's needs an admin key."""
 
 

@@ -9,13 +9,13 @@ import re
 from collections.abc import Collection
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 
 from mailgate.api.addresses import parse_address
 from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
-from mailgate.api.messages import ERRORS
+from mailgate.api.messages import ERRORS, TENANT_ID
 from mailgate.api.render import tenant_json
 from mailgate.api.tenant_schemas import TenantIn, TenantList, TenantOut, TenantPatch
 from mailgate.errors import InvalidRequest
@@ -87,6 +87,7 @@ def patch_values(
 def tenants_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     Admin = Annotated[Caller, Depends(ctx.guard.require(Scope.ADMIN))]
+    TenantId = Annotated[str, Path(pattern=TENANT_ID)]
 
     async def answer(tenant: Tenant, status_code: int = 200) -> JSONResponse:
         used = await ctx.store.used_today([tenant.id])
@@ -137,7 +138,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/{tenant_id}", summary="One tenant", responses={200: {"model": TenantOut}, **ERRORS}
     )
-    async def get_tenant(tenant_id: str, _: Admin) -> JSONResponse:
+    async def get_tenant(tenant_id: TenantId, _: Admin) -> JSONResponse:
         return await answer(await ctx.store.get_tenant(tenant_id))
 
     @router.patch(
@@ -145,7 +146,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         summary="Change a tenant (only the fields given)",
         responses={200: {"model": TenantOut}, **ERRORS},
     )
-    async def update_tenant(tenant_id: str, patch: TenantPatch, caller: Admin) -> JSONResponse:
+    async def update_tenant(tenant_id: TenantId, patch: TenantPatch, caller: Admin) -> JSONResponse:
         before = await ctx.store.get_tenant(tenant_id)
         changes = patch_values(patch, before, ctx.provider_names)
         tenant = await ctx.store.update_tenant(tenant_id, actor=caller.actor, **changes)
@@ -158,7 +159,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         summary="Refuse a tenant's keys and hold its mail",
         responses={200: {"model": TenantOut}, **ERRORS},
     )
-    async def disable(tenant_id: str, caller: Admin) -> JSONResponse:
+    async def disable(tenant_id: TenantId, caller: Admin) -> JSONResponse:
         return await switch(tenant_id, caller, False)
 
     @router.post(
@@ -166,7 +167,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         summary="Take a tenant's keys again and release its held mail",
         responses={200: {"model": TenantOut}, **ERRORS},
     )
-    async def enable(tenant_id: str, caller: Admin) -> JSONResponse:
+    async def enable(tenant_id: TenantId, caller: Admin) -> JSONResponse:
         return await switch(tenant_id, caller, True)
 
     return router

@@ -20,7 +20,8 @@ each engine runs them the way that suits it:
   with `AsyncConnection.run_sync`.
 
 Driver errors that mean "the store cannot do this now" become
-`StoreUnavailable`; integrity errors pass through for the caller to judge.
+`StoreUnavailable`, and PostgreSQL's data exceptions (a value it cannot
+keep) `InvalidRequest`; integrity errors pass through for the caller to judge.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.config import DatabaseSettings
-from mailgate.errors import StoreUnavailable
+from mailgate.errors import InvalidRequest, StoreUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -232,8 +233,18 @@ def _translated() -> Iterator[None]:
         if _is_busy(exc):
             raise _Busy(_describe(exc)) from exc
         raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
-    except (DBAPIError, PoolTimeout, OSError, TimeoutError) as exc:
+    except DBAPIError as exc:
+        if _is_bad_value(exc):
+            raise InvalidRequest(f"a value the store cannot keep: {_describe(exc)}") from exc
         raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
+    except (PoolTimeout, OSError, TimeoutError) as exc:
+        raise StoreUnavailable(f"store unavailable: {_describe(exc)}") from exc
+
+
+def _is_bad_value(exc: DBAPIError) -> bool:
+    """PostgreSQL's "data exception" class (SQLSTATE 22...: a NUL in text, a number out of
+    range): the request's fault, not an outage, so never a 503 that invites a retry."""
+    return str(getattr(exc.orig, "sqlstate", None) or "").startswith("22")
 
 
 @asynccontextmanager

@@ -9,8 +9,9 @@ waits for nobody.
 
 A `flush` may answer one item with an exception (say, an idempotency key
 reused with another body) without failing the others. If the transaction
-itself fails with an integrity error (a race with another process), the
-items are retried one by one so one bad item cannot sink its neighbours.
+itself fails with an integrity error (a race with another process) or a
+value the store cannot keep, the items are retried one by one so one bad
+item cannot sink its neighbours.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from mailgate.errors import StoreUnavailable
+from mailgate.errors import InvalidRequest, StoreUnavailable
 from mailgate.store.engine import Database
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,13 @@ class GroupCommit(Generic[T, R]):
                 await self._commit(batch, alone=True)  # a lost race: the retry sees the winner
             else:
                 _fail(batch, StoreUnavailable(f"{self._name}: integrity error: {exc.orig}"))
+            return
+        except InvalidRequest as exc:  # a value the store cannot keep: whose is it?
+            if len(batch) > 1:
+                for one in batch:
+                    await self._commit([one])
+            else:
+                _fail(batch, exc)
             return
         except Exception as exc:
             if not isinstance(exc, StoreUnavailable):

@@ -141,6 +141,7 @@ class Service:
     config: Path
     cwd: Path
     database_url: str
+    pid: int
 
 
 @contextlib.asynccontextmanager
@@ -172,7 +173,13 @@ async def service(
             async with process(*args, cwd=cwd) as p:
                 url = (await p.wait_for(r"listening on (http://\S+)"))[1]
                 key = (await p.wait_for(r"API key: (mg_\S+)"))[1]
-                yield Service(url, key, sg, mg, config, cwd, database_url=db_url)
+                yield Service(url, key, sg, mg, config, cwd, database_url=db_url, pid=p.proc.pid)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def fake_stats(session: aiohttp.ClientSession, url: str) -> dict[str, int]:

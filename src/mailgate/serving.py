@@ -73,6 +73,11 @@ class HeadLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
+        if not self._refused and self._head_bytes + len(data) <= self.max_head_bytes:
+            # The common case, a whole request in one read: nothing to cut.
+            self._head_bytes += len(data) if self._reading_head else 0
+            super().data_received(data)
+            return
         while data and not self._refused:
             if not self._reading_head:
                 super().data_received(data)  # a body, which the app's reads pace

@@ -105,6 +105,8 @@ async def fakes() -> AsyncIterator[Fakes]:
     mailgun = FakeMailgun(MAILGUN_KEY, MAILGUN_DOMAIN)
     async with serve_asgi(sendgrid.app()) as sg, serve_asgi(mailgun.app()) as mg:
         yield Fakes(sendgrid, mailgun, sg.url, mg.url)
+        await sendgrid.close()  # the sessions their event posts used
+        await mailgun.close()
         sg.stop()  # both at once: each takes a few ticks to stop
         mg.stop()
 

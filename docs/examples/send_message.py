@@ -40,7 +40,7 @@ def main() -> int:
     print(f"accepted {message['id']} ({message['status']})")
 
     deadline = time.monotonic() + 30
-    while message["status"] not in ("sent", "failed", "cancelled"):
+    while message["status"] in ("queued", "scheduled", "sending"):
         if time.monotonic() > deadline:
             print("still not sent after 30 s; see GET /v1/messages/" + message["id"])
             return 1
@@ -49,7 +49,7 @@ def main() -> int:
     print(f"{message['status']} via {message['provider']} as {message['provider_message_id']}")
     for event in message["events"]:
         print(f"  {event['at']}  {event['type']}")
-    return 0 if message["status"] == "sent" else 1
+    return 0 if message["status"] in ("sent", "delivered") else 1
 
 
 if __name__ == "__main__":

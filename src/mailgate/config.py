@@ -133,6 +133,14 @@ class HttpProviderSettings(_ProviderBase):
     """A provider reached over HTTPS; each type sets its own default `base_url`."""
 
     base_url: str
+    webhook_secret: SecretStr | None = None
+    """What verifies the provider's event webhook: SendGrid's verification public key,
+    Mailgun's webhook signing key, Mandrill's webhook key, Resend's `whsec_` secret."""
+    webhook_username: str | None = None
+    """The basic-auth pair Postmark, Mailjet, SparkPost and Brevo post their events with."""
+    webhook_password: SecretStr | None = None
+    webhook_sns_topic_arn: str | None = None
+    """SES: the SNS topic whose signed notifications are taken (others are refused)."""
 
 
 def _secret_field() -> Any:
@@ -262,6 +270,24 @@ PROVIDER_TYPES = (
 )  # fmt: skip
 
 
+class WebhookSettings(_Section):
+    """Deliveries of events to the tenants' own endpoints."""
+
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """A 2xx within this is a success."""
+    block_private_addresses: bool = False
+    """Refuse endpoints that resolve to loopback, link-local or private ranges (SSRF)."""
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    """Deliveries in flight per worker process."""
+    retry_initial_seconds: float = Field(default=5.0, gt=0)
+    """The wait after a first failed try; each later wait is three times longer."""
+    retry_max_seconds: float = Field(default=4 * 3600.0, gt=0)
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    """A delivery still failing this long after its event is given up (`failed`)."""
+    disable_after_seconds: float = Field(default=86400.0, gt=0)
+    """An endpoint that has failed every try for this long is disabled."""
+
+
 class Settings(BaseSettings):
     """All of mailgate's settings. Variables override the file; both override defaults."""
 
@@ -275,6 +301,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
+    webhooks: WebhookSettings = WebhookSettings()
     providers: list[ProviderSettings] = []
 
     @field_validator("providers")

@@ -28,6 +28,9 @@ class Status(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
 
 class EventType(StrEnum):
@@ -42,6 +45,15 @@ class EventType(StrEnum):
     CANCELLED = "cancelled"
     RETRIED = "retried"
     RECLAIMED = "reclaimed"
+    # What the providers' event webhooks report after `sent`, and what it causes.
+    DELIVERED = "delivered"
+    DEFERRED_BY_PROVIDER = "deferred_by_provider"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    UNSUBSCRIBED = "unsubscribed"
+    SUPPRESSED = "suppressed"
 
 
 class Outcome(StrEnum):

@@ -44,7 +44,8 @@ class Metrics:
         )
         self.failed = Counter(
             "mailgate_messages_failed_total",
-            "Messages that ended failed: `permanent` (rejected) or `expired` (gave up).",
+            "Messages that ended failed: `permanent` (rejected), `expired` (gave up) or "
+            "`suppressed` (every recipient on the suppression list).",
             ["outcome"],
             registry=r,
         )
@@ -102,6 +103,39 @@ class Metrics:
             "API requests refused by the API's rules, by error code (unauthorized, forbidden, "
             "tenant_disabled, rate_limited, quota_exceeded, invalid_request, ...).",
             ["code"],
+            registry=r,
+        )
+        self.delivery_events = Counter(
+            "mailgate_delivery_events_total",
+            "Events from the providers' event webhooks recorded, by type (delivered, "
+            "deferred_by_provider, bounced, complained, opened, clicked, unsubscribed).",
+            ["provider", "type"],
+            registry=r,
+        )
+        self.delivery_events_skipped = Counter(
+            "mailgate_delivery_events_skipped_total",
+            "Events from the providers' webhooks not recorded: `duplicate` (seen before) or "
+            "`unknown_message` (no message of ours matched).",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.provider_webhooks_refused = Counter(
+            "mailgate_provider_webhooks_refused_total",
+            "Provider webhook requests refused: `signature` (not signed or authorised by the "
+            "provider), `replay` (a one-time token seen before), `malformed` (not the "
+            "provider's shape).",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.webhook_tries = Counter(
+            "mailgate_webhook_tries_total",
+            "Tries to deliver an event to a tenant's endpoint: `ok` (2xx in time) or `failed`.",
+            ["result"],
+            registry=r,
+        )
+        self.webhooks_disabled = Counter(
+            "mailgate_webhooks_disabled_total",
+            "Tenant endpoints disabled after failing every try for `disable_after_seconds`.",
             registry=r,
         )
         self.queue_depth = Gauge(

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from mailgate.api import create_app
+from mailgate.api.events import close_event_streams
 from mailgate.config import (
     HttpProviderSettings,
     MailgunSettings,
@@ -42,11 +43,26 @@ log = logging.getLogger("mailgate")
 SIMULATED_DOMAIN = "sandbox.mailgate.invalid"
 
 
-def simulated_providers(sendgrid_url: str, mailgun_url: str, key: str) -> list[ProviderSettings]:
-    """The two providers `serve` simulates when none are configured."""
+def simulated_providers(
+    sendgrid_url: str,
+    mailgun_url: str,
+    key: str,
+    *,
+    sendgrid_public_key: str | None = None,
+    mailgun_signing_key: str | None = None,
+) -> list[ProviderSettings]:
+    """The two providers `serve` simulates when none are configured.
+
+    With the fakes' webhook keys, their signed event webhooks verify too.
+    """
     return [
         SendGridSettings(
-            name="sendgrid", type="sendgrid", api_key=key, base_url=sendgrid_url, priority=1
+            name="sendgrid",
+            type="sendgrid",
+            api_key=key,
+            base_url=sendgrid_url,
+            priority=1,
+            webhook_secret=sendgrid_public_key,
         ),
         MailgunSettings(
             name="mailgun",
@@ -55,6 +71,7 @@ def simulated_providers(sendgrid_url: str, mailgun_url: str, key: str) -> list[P
             domain=SIMULATED_DOMAIN,
             base_url=mailgun_url,
             priority=2,
+            webhook_secret=mailgun_signing_key,
         ),
     ]
 
@@ -75,6 +92,17 @@ class Simulation:
     mailgun: FakeMailgun
     settings: Settings
 
+    def post_events_to(self, api_url: str) -> None:
+        """Have the fakes post each message's delivery events to the gateway, signed.
+
+        Mail to `bounce@…`, `complaint@…`, `defer@…` (and the other local
+        parts `providers.fakes.base.outcomes` knows) gets those events;
+        any other address is delivered.
+        """
+        api_url = api_url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+        for name, fake in (("sendgrid", self.sendgrid), ("mailgun", self.mailgun)):
+            fake.webhook_url = f"{api_url}/v1/providers/{name}/webhook"
+
 
 @contextlib.asynccontextmanager
 async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
@@ -82,11 +110,20 @@ async def simulation(settings: Settings) -> AsyncIterator[Simulation]:
     key = secrets.token_urlsafe(24)
     sendgrid = FakeSendGrid(key, keep=1000)
     mailgun = FakeMailgun(key, SIMULATED_DOMAIN, keep=1000)
-    async with serve_asgi(sendgrid.app()) as sg, serve_asgi(mailgun.app()) as mg:
-        simulated = settings.model_copy(
-            update={"providers": simulated_providers(sg.url, mg.url, key)}
-        )
-        yield Simulation(sendgrid=sendgrid, mailgun=mailgun, settings=simulated)
+    try:
+        async with serve_asgi(sendgrid.app()) as sg, serve_asgi(mailgun.app()) as mg:
+            providers = simulated_providers(
+                sg.url,
+                mg.url,
+                key,
+                sendgrid_public_key=sendgrid.webhook_public_key,
+                mailgun_signing_key=mailgun.webhook_signing_key,
+            )
+            simulated = settings.model_copy(update={"providers": providers})
+            yield Simulation(sendgrid=sendgrid, mailgun=mailgun, settings=simulated)
+    finally:
+        await sendgrid.close()
+        await mailgun.close()
 
 
 async def open_store(settings: Settings) -> Store:
@@ -147,6 +184,7 @@ async def serve(
     metrics = Metrics()
     try:
         async with contextlib.AsyncExitStack() as stack:
+            sim: Simulation | None = None
             if settings.simulated:
                 sim = await stack.enter_async_context(simulation(settings))
                 settings = sim.settings
@@ -177,6 +215,8 @@ async def serve(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc} "
                     "(server.host / server.port, MAILGATE_SERVER__PORT)"
                 ) from None
+            if sim is not None:
+                sim.post_events_to(server.url)
             database = shown_url(settings.database.url)
             announce(f"mailgate is listening on {server.url} (database {database})")
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
@@ -189,6 +229,7 @@ async def serve(
             waiting = {stopped, *([worker_task] if worker_task else [])}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             log.info("shutting down")
+            close_event_streams()  # open event streams end now, not at uvicorn's timeout
             server.stop()
             if runner is not None and worker_task is not None:
                 runner.stop()

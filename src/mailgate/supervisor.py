@@ -33,10 +33,12 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from mailgate.api import create_app
+from mailgate.api.events import close_event_streams
 from mailgate.config import Settings
 from mailgate.errors import ConfigError
 from mailgate.metrics import Metrics
 from mailgate.service import (
+    Simulation,
     bootstrap_key,
     configure_logging,
     install_stop,
@@ -84,6 +86,7 @@ async def supervise(
     children: list[_Child] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
+            sim: Simulation | None = None
             if settings.simulated:
                 sim = await stack.enter_async_context(simulation(settings))
                 settings = sim.settings
@@ -99,6 +102,8 @@ async def supervise(
                 ) from None
             stack.callback(sock.close)
             bound = sock.getsockname()[1]
+            if sim is not None:
+                sim.post_events_to(f"http://{host}:{bound}")
             for i in range(api_processes):
                 args = (settings, sock, str(shared_dir))
                 children.append(_Child(f"api-{i + 1}", _run_api_process, args))
@@ -200,6 +205,7 @@ async def _api_process(settings: Settings, sock: socket.socket, shared_dir: Path
         app = create_app(settings, store, Metrics(shared_dir=shared_dir))
         async with serve_asgi(app, sock=sock) as server:
             await stop.wait()
+            close_event_streams()  # open event streams end now, not at uvicorn's timeout
             server.stop()
     finally:
         await store.close()

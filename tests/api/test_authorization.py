@@ -11,6 +11,7 @@ is checked against it.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,22 @@ class World:
     async def fresh_tenant(self) -> str:
         return (await self.store.create_tenant(tenant())).id
 
+    async def webhook(self, owner: str) -> str:
+        endpoint = await self.store.create_webhook(
+            self.tenants[owner], "http://127.0.0.1:9/hook", ["*"]
+        )
+        return endpoint.id
+
+    async def delivery(self, owner: str) -> str:
+        webhook_id = await self.webhook(owner)
+        delivery_id = await self.store.test_webhook(None, webhook_id)
+        return f"{webhook_id}/deliveries/{delivery_id}"
+
+    async def suppressed(self, owner: str) -> str:
+        email = f"s-{uuid.uuid4().hex[:12]}@example.org"
+        await self.store.add_suppression(self.tenants[owner], email)
+        return email
+
 
 Request = tuple[str, dict[str, Any] | None, dict[str, str] | None]
 """A path, a JSON body and query parameters."""
@@ -131,6 +148,43 @@ async def _provider(_w: World, _o: str) -> str:
     return "primary"
 
 
+def _suppression(path: str) -> Callable[[World, str], Awaitable[Request]]:
+    """One suppressed address of `owner`'s, asked for in `owner`'s tenant (`?tenant=`)."""
+
+    async def build(world: World, owner: str) -> Request:
+        email = await world.suppressed(owner)
+        return path.format(email), None, {"tenant": world.tenants[owner]}
+
+    return build
+
+
+def _stream(path: str) -> Callable[[World, str], Awaitable[Request]]:
+    """The stream, ended at once (`max_seconds=0`) so the in-process client sees it end."""
+
+    async def build(world: World, owner: str) -> Request:
+        return path, None, {"tenant": world.tenants[owner], "max_seconds": "0"}
+
+    return build
+
+
+async def _new_webhook(world: World, owner: str) -> Request:
+    body = {"url": "https://hooks.example.com/in", "tenant_id": world.tenants[owner]}
+    return "/v1/webhooks", body, None
+
+
+async def _webhook(world: World, owner: str) -> str:
+    return await world.webhook(owner)
+
+
+async def _delivery(world: World, owner: str) -> str:
+    return await world.delivery(owner)
+
+
+async def _new_suppression(world: World, owner: str) -> Request:
+    body = {"email": f"n-{uuid.uuid4().hex[:12]}@example.org"}
+    return "/v1/suppressions", body, {"tenant": world.tenants[owner]}
+
+
 READ, SEND, MANAGE, ADMIN = Scope.READ, Scope.SEND, Scope.MANAGE, Scope.ADMIN
 
 RULES: dict[tuple[str, str], Rule] = {
@@ -181,7 +235,39 @@ RULES: dict[tuple[str, str], Rule] = {
     ),
     ("GET", "/v1/me"): Rule(None, 200, _fixed("/v1/me")),
     ("GET", "/v1/audit"): Rule(ADMIN, 200, _listing("/v1/audit")),
+    ("GET", "/v1/suppressions"): Rule(READ, 200, _listing("/v1/suppressions"), other=403),
+    ("GET", "/v1/suppressions/{email}"): Rule(
+        READ, 200, _suppression("/v1/suppressions/{}"), other=403
+    ),
+    ("POST", "/v1/suppressions"): Rule(MANAGE, 201, _new_suppression, other=403),
+    ("DELETE", "/v1/suppressions/{email}"): Rule(
+        MANAGE, 204, _suppression("/v1/suppressions/{}"), other=403
+    ),
+    ("POST", "/v1/webhooks"): Rule(MANAGE, 201, _new_webhook, other=404),
+    ("GET", "/v1/webhooks"): Rule(READ, 200, _listing("/v1/webhooks"), other=403),
+    ("GET", "/v1/webhooks/{webhook_id}"): Rule(
+        READ, 200, _on(_webhook, "/v1/webhooks/{}"), other=404
+    ),
+    ("PATCH", "/v1/webhooks/{webhook_id}"): Rule(
+        MANAGE, 200, _on(_webhook, "/v1/webhooks/{}", {"description": "x"}), other=404
+    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): Rule(
+        MANAGE, 204, _on(_webhook, "/v1/webhooks/{}"), other=404
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/test"): Rule(
+        MANAGE, 202, _on(_webhook, "/v1/webhooks/{}/test"), other=404
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): Rule(
+        READ, 200, _on(_webhook, "/v1/webhooks/{}/deliveries"), other=404
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): Rule(
+        MANAGE, 202, _on(_delivery, "/v1/webhooks/{}/retry"), other=404
+    ),
+    ("GET", "/v1/events"): Rule(READ, 200, _listing("/v1/events"), other=403),
+    ("GET", "/v1/events/stream"): Rule(READ, 200, _stream("/v1/events/stream"), other=403),
 }
+SIGNED = {("POST", "/v1/providers/{name}/webhook"), ("HEAD", "/v1/providers/{name}/webhook")}
+"""Routes that take the provider's own signature instead of a key (tests/events)."""
 
 
 def routes_of(settings: Settings, store: Store) -> tuple[set[tuple[str, str]], set[str]]:
@@ -191,7 +277,11 @@ def routes_of(settings: Settings, store: Store) -> tuple[set[tuple[str, str]], s
     public: set[str] = set()
     for context in iter_route_contexts(app.routes):
         path = context.path or ""
-        if isinstance(context.original_route, APIRoute) and path.startswith("/v1"):
+        route = context.original_route
+        if isinstance(route, APIRoute) and path.startswith("/v1"):
+            if (route.openapi_extra or {}).get("x-mailgate-scope") == "provider-signature":
+                assert {(m, path) for m in context.methods or ()} <= SIGNED, path
+                continue
             guarded |= {(method, path) for method in context.methods or ()}
         else:
             public.add(path)

@@ -225,3 +225,50 @@ def test_tenants_and_their_keys(config: Path) -> None:
     assert code == 1 and "stays enabled" in err
     code, _, err = mailgate("tenants", "show", "nobody", "--config", str(config))
     assert code == 1 and "no tenant" in err
+
+
+def test_suppressions(config: Path) -> None:
+    cfg = ("--config", str(config))
+    code, out, _ = mailgate("suppressions", "add", "Bounced@Example.org", *cfg)
+    assert code == 0 and "bounced@example.org suppressed" in out
+    code, _, err = mailgate("suppressions", "add", "bounced@example.org", *cfg)
+    assert code == 1 and "already suppressed" in err
+    code, out, _ = mailgate("suppressions", "list", "--json", *cfg)
+    [entry] = json.loads(out)["data"]
+    assert (entry["email"], entry["reason"]) == ("bounced@example.org", "manual")
+    code, _, err = mailgate("suppressions", "add", "not an address", *cfg)
+    assert code == 2
+    assert mailgate("suppressions", "list", "--tenant", "other", "--json", *cfg)[1].count("@") == 0
+    assert mailgate("suppressions", "remove", "bounced@example.org", *cfg)[0] == 0
+    code, _, err = mailgate("suppressions", "remove", "bounced@example.org", *cfg)
+    assert code == 1 and "not suppressed" in err
+    code, out, _ = mailgate("suppressions", "list", *cfg)
+    assert code == 0 and "bounced@" not in out
+
+
+def test_webhooks(config: Path) -> None:
+    cfg = ("--config", str(config))
+    code, out, _ = mailgate(
+        "webhooks", "create", "--url", "https://hooks.example.com/in",
+        "--event", "message.bounced", "--json", *cfg,
+    )  # fmt: skip
+    assert code == 0
+    made = json.loads(out)
+    assert made["secret"].startswith("whsec_") and made["events"] == ["message.bounced"]
+    code, _, err = mailgate("webhooks", "create", "--url", "ftp://x", *cfg)
+    assert code == 2
+    code, _, err = mailgate(
+        "webhooks", "create", "--url", "https://x.example.com", "--event", "nope", *cfg
+    )
+    assert code == 2 and "unknown event type" in err
+    code, out, _ = mailgate("webhooks", "list", "--json", *cfg)
+    assert [w["id"] for w in json.loads(out)["data"]] == [made["id"]]
+    code, out, _ = mailgate("webhooks", "test", made["id"], *cfg)
+    assert code == 0 and "queued" in out
+    code, out, _ = mailgate("webhooks", "deliveries", made["id"], "--json", *cfg)
+    [delivery] = json.loads(out)["data"]
+    assert delivery["event_type"] == "webhook.test" and delivery["status"] == "pending"
+    code, out, _ = mailgate("webhooks", "list", *cfg)
+    assert code == 0 and "message.bounced" in out
+    code, _, err = mailgate("webhooks", "test", "wh_nope", *cfg)
+    assert code == 1 and "no webhook" in err

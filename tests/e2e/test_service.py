@@ -41,8 +41,11 @@ async def test_serve_out_of_the_box(tmp_path: Path) -> None:
         ) as client:
             assert (await client.get("/readyz")).status_code == 200
             first = (await client.post("/v1/messages", json=message())).json()
-            sent = await wait_status(client, first["id"], "sent")
-            assert sent["provider"] == "sendgrid"
+            # The simulated SendGrid posts its signed delivery event back.
+            delivered = await wait_status(client, first["id"], "delivered")
+            assert delivered["provider"] == "sendgrid"
+            assert [e["type"] for e in delivered["events"]][-1] == "delivered"
+            assert delivered["recipients"][0]["status"] == "delivered"
 
             # A drill through the API: the next message fails over to Mailgun.
             drill = await client.post(
@@ -50,14 +53,29 @@ async def test_serve_out_of_the_box(tmp_path: Path) -> None:
             )
             assert drill.status_code == 200
             second = (await client.post("/v1/messages", json=message())).json()
-            failed_over = await wait_status(client, second["id"], "sent")
+            failed_over = await wait_status(client, second["id"], "sent", "delivered")
             assert failed_over["provider"] == "mailgun"
-            assert [e["type"] for e in failed_over["events"]] == [
+            assert [e["type"] for e in failed_over["events"]][:4] == [
                 "accepted",
                 "attempt",
                 "failover",
                 "sent",
             ]
+            await wait_status(client, second["id"], "delivered")  # Mailgun's event, signed
+
+            # A hard bounce suppresses the address: the next message to it is not sent.
+            await client.post("/v1/providers/sendgrid/simulate-failure", json={"mode": "off"})
+            bounce = message(to="bounce@example.org")
+            third = (await client.post("/v1/messages", json=bounce)).json()
+            bounced = await wait_status(client, third["id"], "bounced")
+            assert bounced["recipients"][0]["detail"]["kind"] == "hard"
+            listed = (await client.get("/v1/suppressions")).json()["data"]
+            assert [(s["email"], s["reason"]) for s in listed] == [
+                ("bounce@example.org", "hard_bounce")
+            ]
+            fourth = (await client.post("/v1/messages", json=bounce)).json()
+            refused = await wait_status(client, fourth["id"], "failed")
+            assert [e["type"] for e in refused["events"]][-2:] == ["suppressed", "failed"]
         assert await server.stop() == 0
         assert any("shutting down" in line for line in server.lines)
 
@@ -129,9 +147,8 @@ async def test_the_readme_run_command(tmp_path: Path) -> None:
         ) as client:
             response = await client.post("/v1/messages", json=message())
             assert response.status_code == 202
-            assert (await wait_status(client, response.json()["id"], "sent"))[
-                "provider"
-            ] == "sendgrid"
+            done = await wait_status(client, response.json()["id"], "sent", "delivered")
+            assert done["provider"] == "sendgrid"
     finally:
         proc.terminate()
         await proc.wait()
@@ -156,7 +173,8 @@ async def test_serve_with_several_api_processes(tmp_path: Path) -> None:
                     ids.append((await once.post("/v1/messages", json=message())).json()["id"])
                     assert (await once.get("/readyz")).status_code == 200
             for message_id in ids:
-                assert (await wait_status(client, message_id, "sent"))["provider"] == "sendgrid"
+                done = await wait_status(client, message_id, "sent", "delivered")
+                assert done["provider"] == "sendgrid"
             metrics = (await client.get("/metrics")).text
             # Counted in the API processes and in the worker process, summed.
             assert "mailgate_messages_accepted_total 20.0" in metrics

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,13 +17,17 @@ from mailgate.api.audit import audit_router
 from mailgate.api.auth import Guard, Requirement
 from mailgate.api.context import ApiContext
 from mailgate.api.errors import install_error_handlers
+from mailgate.api.events import events_router
 from mailgate.api.guard import RequestLimits
+from mailgate.api.inbound import SIGNATURE_SCOPE, InboundWebhooks, inbound_router
 from mailgate.api.keys import keys_router
 from mailgate.api.messages import messages_router
 from mailgate.api.ops import ops_router
 from mailgate.api.providers import providers_router
 from mailgate.api.schemas import BatchIn, MessageIn
+from mailgate.api.suppressions import suppressions_router
 from mailgate.api.tenants import tenants_router
+from mailgate.api.webhooks import webhooks_router
 from mailgate.config import Settings
 from mailgate.metrics import Metrics
 from mailgate.store import Store
@@ -45,7 +50,15 @@ def create_app(
     )
     if on_state_change is not None:
         ctx.on_state_change = on_state_change
+    hooks = InboundWebhooks(list(settings.providers))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await hooks.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="mailgate",
         version=__version__,
         summary="A self-hosted email gateway: accept, queue, deliver with failover.",
@@ -58,6 +71,10 @@ def create_app(
         tenants_router(ctx),
         keys_router(ctx),
         audit_router(ctx),
+        inbound_router(ctx, hooks),
+        suppressions_router(ctx),
+        webhooks_router(ctx),
+        events_router(ctx),
     ):
         app.include_router(declare_scopes(router))
     app.include_router(ops_router(ctx))
@@ -122,7 +139,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for operation in operations.values():
                 # Validation errors are answered 400 in the error shape, never 422.
                 operation["responses"].pop("422", None)
-                if path.startswith("/v1"):
+                signed = operation.get(SCOPE_EXTENSION) == SIGNATURE_SCOPE
+                if path.startswith("/v1") and not signed:
                     operation["security"] = [{"key": []}]
                 for status in ("429", "503"):
                     if status in operation["responses"]:

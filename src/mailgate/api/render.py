@@ -55,6 +55,15 @@ def message_json(view: MessageView, *, history: bool = True) -> dict[str, Any]:
         data["events"] = [
             {"type": e.type, "at": rfc3339(e.at), "detail": dict(e.detail)} for e in view.events
         ]
+        data["recipients"] = [
+            {
+                "email": r.email,
+                "status": r.status,
+                "at": rfc3339(r.at),
+                "detail": dict(r.detail) if r.detail is not None else None,
+            }
+            for r in view.recipients
+        ]
     return data
 
 
@@ -76,6 +85,12 @@ def new_message_json(item: NewMessage) -> dict[str, Any]:
         "updated_at": at,
         "attempts": [],
         "events": [{"type": kind.value, "at": at, "detail": detail}],
+        "recipients": [
+            {"email": email, "status": item.status.value, "at": None, "detail": None}
+            for email in dict.fromkeys(
+                a.email.lower() for a in (*item.email.to, *item.email.cc, *item.email.bcc)
+            )
+        ],
     }
 
 

@@ -256,6 +256,13 @@ class EventOut(_Model):
     detail: dict[str, Any]
 
 
+class RecipientOut(_Model):
+    email: str
+    status: str
+    at: datetime | None
+    detail: dict[str, Any] | None
+
+
 class MessageOut(_Model):
     id: str
     tenant_id: str
@@ -277,6 +284,7 @@ class MessageOut(_Model):
     updated_at: datetime
     attempts: list[AttemptOut] | None = None
     events: list[EventOut] | None = None
+    recipients: list[RecipientOut] | None = None
 
 
 class MessageList(_Model):

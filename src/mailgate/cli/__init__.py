@@ -14,11 +14,19 @@ from typing import Annotated
 import typer
 
 from mailgate import __version__
-from mailgate.cli import keys, messages, providers, running, tenants
+from mailgate.cli import keys, messages, providers, running, suppressions, tenants, webhooks
 from mailgate.cli.common import app, out
 
 __all__ = ["app", "main"]
-_COMMANDS = (keys, messages, providers, running, tenants)  # each adds its commands to `app`
+_COMMANDS = (
+    keys,
+    messages,
+    providers,
+    running,
+    suppressions,
+    tenants,
+    webhooks,
+)  # each adds its commands to `app`
 
 
 @app.callback(invoke_without_command=True)

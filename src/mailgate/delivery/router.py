@@ -35,7 +35,7 @@ from mailgate.errors import (
     ProviderThrottled,
     ProviderUnavailable,
 )
-from mailgate.message import EventType, Outcome, Status, rfc3339
+from mailgate.message import Address, Email, EventType, Outcome, Status, rfc3339
 from mailgate.metrics import Metrics
 from mailgate.store import AttemptRecord, Claimed, EventRecord, Finish
 
@@ -74,6 +74,8 @@ class _Round:
     """The provider that failed last in this round (the next try is a failover)."""
     wait: float | None = None
     """When nobody was tried: how soon the first provider frees up."""
+    suppressed: tuple[str, ...] = ()
+    """Recipients dropped before the send: on the tenant's suppression list."""
 
     def event(self, kind: EventType, **detail: object) -> None:
         self.events.append(EventRecord(kind, datetime.now(UTC), detail))
@@ -86,8 +88,37 @@ class _Round:
             rounds=self.message.rounds + 1,
             attempts=tuple(self.attempts),
             events=tuple(self.events),
+            suppressed=self.suppressed,
+            tenant_id=self.message.tenant_id,
             **fields,
         )
+
+
+def without(email: Email, suppressed: frozenset[str]) -> tuple[Email | None, tuple[str, ...]]:
+    """The email without its suppressed recipients (None: nobody left), and who was dropped.
+
+    When every `to` is dropped, the `cc` (else the first `bcc`) take its place:
+    providers want at least one `to`.
+    """
+
+    def kept(addresses: tuple[Address, ...]) -> tuple[Address, ...]:
+        return tuple(a for a in addresses if a.email.lower() not in suppressed)
+
+    to, cc, bcc = kept(email.to), kept(email.cc), kept(email.bcc)
+    dropped = tuple(
+        dict.fromkeys(
+            a.email.lower()
+            for a in (*email.to, *email.cc, *email.bcc)
+            if a.email.lower() in suppressed
+        )
+    )
+    if not to and cc:
+        to, cc = cc, ()
+    elif not to and bcc:
+        to, bcc = bcc[:1], bcc[1:]
+    if not to:
+        return None, dropped
+    return replace(email, to=to, cc=cc, bcc=bcc), dropped
 
 
 class Router:
@@ -111,6 +142,19 @@ class Router:
         round_ = _Round(message, owner)
         if not self._pool.tenant_enabled(message.tenant_id):
             return self._finish_held(round_)
+        if message.suppressed:
+            email, dropped = without(message.email, message.suppressed)
+            round_.suppressed = dropped
+            for address in dropped:
+                round_.event(EventType.SUPPRESSED, recipient=address)
+            if email is None:
+                error = "suppressed: every recipient is on the tenant's suppression list"
+                round_.event(EventType.FAILED, reason=error, code="suppressed")
+                self._metrics.failed.labels("suppressed").inc()
+                log.info("message %s: not sent, every recipient is suppressed", message.id)
+                return round_.finish(Status.FAILED, last_error=error)
+            message = replace(message, email=email)
+            round_.message = message
         candidates = self._pool.ordered(message.forced_provider, message.tenant_id)
         if message.forced_provider is not None and not candidates:
             forced = message.forced_provider

@@ -31,6 +31,7 @@ from mailgate.config import Settings
 from mailgate.delivery.backoff import BackoffPolicy
 from mailgate.delivery.pool import ProviderPool
 from mailgate.delivery.router import Router
+from mailgate.delivery.webhooks import WebhookSender
 from mailgate.errors import StoreUnavailable
 from mailgate.message import new_id
 from mailgate.metrics import Metrics
@@ -74,6 +75,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._started_at = datetime.now(UTC)
         store.on_accept(lambda _n: self._wake.set())
+        self.webhooks = WebhookSender(settings, store, metrics, owner=self.id)
+        """Delivers the outbox to the tenants' endpoints beside the mail."""
 
     @property
     def inflight(self) -> int:
@@ -97,12 +100,16 @@ class Worker:
         ]
         helper_tasks = [asyncio.create_task(h) for h in helpers]
         helper_tasks.append(asyncio.create_task(self.store.listen(self._wake.set)))
+        webhooks = asyncio.create_task(self.webhooks.run(), name="webhooks")
         try:
             await self._guarded(self._refresh)
             await self._claim_loop()
         finally:
+            self.webhooks.stop()
             if self._inflight:
                 await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            with contextlib.suppress(StoreUnavailable):
+                await webhooks
             for task in helper_tasks:
                 task.cancel()
             await asyncio.gather(*helper_tasks, return_exceptions=True)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text
 
 from mailgate.message import Status
-from mailgate.store.records import AttemptView, EventView, MessageView
+from mailgate.store.records import AttemptView, EventView, MessageView, RecipientView
 from mailgate.store.tables import (
     HELD,
     WAITING,
@@ -81,7 +81,46 @@ def get_message(conn: Connection, *, tenant_id: str | None, message_id: str) -> 
             for a in attempt_rows
         ),
         events=tuple(EventView(type=e.type, at=e.at, detail=e.detail) for e in event_rows),
+        recipients=_recipients(conn, row),
     )
+
+
+_HEARD_FROM = frozenset({"sent", "delivered", "bounced", "complained"})
+
+
+def _recipients(conn: Connection, row: Any) -> tuple[RecipientView, ...]:
+    """Every to/cc/bcc address in the message's order, with its state.
+
+    An address nothing was heard about has the message's status (`sent`
+    once the message is sent, `queued` before).
+    """
+    states = {
+        r.email: r
+        for r in conn.execute(
+            select(
+                message_recipients.c.email,
+                message_recipients.c.status,
+                message_recipients.c.at,
+                message_recipients.c.detail,
+            ).where(message_recipients.c.message_id == row.id)
+        )
+    }
+    fallback = "sent" if row.status in _HEARD_FROM else row.status
+    seen: dict[str, RecipientView] = {}
+    envelope = row.envelope
+    for part in ("to", "cc", "bcc"):
+        for address in envelope.get(part, []):
+            email = str(address["email"]).lower()
+            if email in seen:
+                continue
+            state = states.get(email)
+            seen[email] = RecipientView(
+                email=email,
+                status=(state.status if state is not None else None) or fallback,
+                at=state.at if state is not None else None,
+                detail=state.detail if state is not None else None,
+            )
+    return tuple(seen.values())
 
 
 def list_messages(

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Integer, and_, bindparam, func, insert, select, text, update
 
 from mailgate.message import Email, EventType, Outcome, Status
+from mailgate.store import feedback, outbox
 from mailgate.store.records import Claimed, Finish, NewMessage
 from mailgate.store.tables import (
     WAITING,
@@ -26,6 +27,7 @@ from mailgate.store.tables import (
     message_recipients,
     message_tags,
     messages,
+    suppressions,
 )
 
 _WAITING = text(WAITING)
@@ -157,6 +159,7 @@ def claim(
         )
     )
     bodies = {r.message_id: r.body for r in body_rows}
+    suppressed = _suppressed(conn, [r.id for r in rows])
     return [
         Claimed(
             id=r.id,
@@ -165,9 +168,34 @@ def claim(
             window_start=r.window_start,
             rounds=r.rounds,
             forced_provider=r.forced_provider,
+            suppressed=frozenset(suppressed.get(r.id, ())),
         )
         for r in rows
     ]
+
+
+def _suppressed(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
+    """The claimed messages' recipients on their tenant's suppression list.
+
+    One query per claim, by primary keys on both sides: cheap whatever the
+    size of the list.
+    """
+    found = conn.execute(
+        select(message_recipients.c.message_id, message_recipients.c.email)
+        .join(messages, messages.c.id == message_recipients.c.message_id)
+        .join(
+            suppressions,
+            and_(
+                suppressions.c.tenant_id == messages.c.tenant_id,
+                suppressions.c.email == message_recipients.c.email,
+            ),
+        )
+        .where(message_recipients.c.message_id.in_(ids))
+    )
+    by_message: dict[str, list[str]] = {}
+    for row in found:
+        by_message.setdefault(row.message_id, []).append(row.email)
+    return by_message
 
 
 def extend_leases(
@@ -334,6 +362,62 @@ def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
     ]
     if event_rows:
         conn.execute(insert(events), event_rows)
+    dropped = [(f.message_id, email) for f in items for email in f.suppressed]
+    if dropped:
+        conn.execute(
+            update(message_recipients)
+            .where(
+                message_recipients.c.message_id == bindparam("b_id"),
+                message_recipients.c.email == bindparam("b_email"),
+            )
+            .values(status="suppressed", at=now),
+            [{"b_id": m, "b_email": e} for m, e in dropped],
+        )
+    reported = [f for f in items if f.tenant_id is not None and f.status in _REPORTED]
+    if reported:
+        outbox.enqueue_lazily(
+            conn, {f.tenant_id for f in reported if f.tenant_id}, lambda: _reports(reported),
+            now=now,
+        )  # fmt: skip
+    sent = [f.message_id for f in items if f.status is Status.SENT]
+    if sent:
+        # Provider events that came in before this commit (a fast provider)
+        # changed recipients while the message was still `sending`.
+        heard = conn.execute(
+            select(message_recipients.c.message_id)
+            .where(
+                message_recipients.c.message_id.in_(sent),
+                message_recipients.c.status.is_not(None),
+            )
+            .distinct()
+        ).scalars()
+        for message_id in list(heard):
+            feedback.settle(conn, message_id, now)
+
+
+_REPORTED = (Status.SENT, Status.FAILED)
+
+
+def _reports(items: Sequence[Finish]) -> list[outbox.Change]:
+    """What the tenants' webhooks hear of finished rounds: sent, failed, suppressed."""
+    reports: list[outbox.Change] = []
+    for f in items:
+        assert f.tenant_id is not None
+        for email in f.suppressed:
+            reports.append(
+                outbox.Change(f.tenant_id, f.message_id, "message.suppressed", f.status.value,
+                              email, {"type": "suppressed"})
+            )  # fmt: skip
+        event: dict[str, Any] = {"type": f.status.value}
+        if f.status is Status.SENT:
+            event |= {"provider": f.provider, "provider_message_id": f.provider_message_id}
+        else:
+            event["error"] = f.last_error
+        reports.append(
+            outbox.Change(f.tenant_id, f.message_id, f"message.{f.status.value}", f.status.value,
+                          None, event)
+        )  # fmt: skip
+    return reports
 
 
 def _in_tenant(tenant_id: str | None, message_id: str) -> Any:

@@ -63,6 +63,8 @@ class Claimed:
     window_start: datetime
     rounds: int
     forced_provider: str | None
+    suppressed: frozenset[str] = frozenset()
+    """Its recipients on the tenant's suppression list (lower case): dropped before the send."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,10 @@ class Finish:
     provider_message_id: str | None = None
     last_error: str | None = None
     next_attempt_at: datetime | None = None
+    suppressed: tuple[str, ...] = ()
+    """Recipients dropped because they are suppressed (their state becomes `suppressed`)."""
+    tenant_id: str | None = None
+    """The message's tenant, for the webhooks its end is reported to (None: reported to none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,16 @@ class EventView:
 
 
 @dataclass(frozen=True, slots=True)
+class RecipientView:
+    """One to/cc/bcc address and what the provider's events said about it."""
+
+    email: str
+    status: str
+    at: datetime | None
+    detail: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class MessageView:
     """A message as the status API shows it (history only when read one at a time)."""
 
@@ -136,3 +152,4 @@ class MessageView:
     updated_at: datetime
     attempts: tuple[AttemptView, ...] = ()
     events: tuple[EventView, ...] = ()
+    recipients: tuple[RecipientView, ...] = ()

@@ -23,10 +23,24 @@ from mailgate.errors import (
     QuotaExceeded,
     RequestError,
 )
+from mailgate.events.inbound import InboundEvent
 from mailgate.message import Status
-from mailgate.store import audit, changes, keys, migrate, nodes, queue, tenants
+from mailgate.store import (
+    audit,
+    changes,
+    feedback,
+    keys,
+    migrate,
+    nodes,
+    outbox,
+    queue,
+    suppress,
+    tenants,
+)
+from mailgate.store import eventlog as event_log
 from mailgate.store import messages as reads
 from mailgate.store import providers as provider_rows
+from mailgate.store import webhooks as hooks
 from mailgate.store.audit import Actor, AuditRecord, Change
 from mailgate.store.engine import Database
 from mailgate.store.group_commit import GroupCommit
@@ -34,6 +48,7 @@ from mailgate.store.keys import ApiKey
 from mailgate.store.notify import Listener, notify
 from mailgate.store.providers import ProviderEvent, ProviderState
 from mailgate.store.records import Accepted, Claimed, Finish, MessageView, NewMessage
+from mailgate.store.suppress import Suppression
 from mailgate.store.tenants import Tenant
 
 T = TypeVar("T")
@@ -161,6 +176,130 @@ class Store:
         return await self.db.read(
             audit.list_records, tenant_id=tenant_id, limit=limit, before_id=before_id
         )
+
+    # --- the event log ---
+
+    async def list_events(
+        self, filters: event_log.EventFilter, *, limit: int, before_id: int | None = None
+    ) -> list[event_log.LoggedEvent]:
+        """The events of the filter's tenant (None: every tenant's), newest first."""
+        return await self.db.read(
+            event_log.list_events, filters=filters, limit=limit, before_id=before_id
+        )
+
+    async def follow_events(
+        self, filters: event_log.EventFilter, *, after: int | None
+    ) -> event_log.EventTail:
+        """A live reading of the log past the event id `after` (None: from now on)."""
+        return await event_log.EventTail.start(self.db, filters, after=after)
+
+    # --- provider events and suppressions -------------------------------------
+
+    async def record_provider_events(
+        self, provider: str, items: Sequence[InboundEvent], *, replay_key: str | None = None
+    ) -> feedback.Recorded:
+        """Record one verified webhook request's events in one transaction.
+
+        Raises `feedback.Replayed` when its one-time signature token was seen.
+        """
+        return await self.db.write(
+            feedback.record, provider=provider, items=items, replay_key=replay_key, now=utcnow()
+        )
+
+    async def list_suppressions(self, tenant_id: str, **filters: Any) -> list[Suppression]:
+        return await self.db.read(suppress.list_suppressions, tenant_id=tenant_id, **filters)
+
+    async def is_suppressed(self, tenant_id: str, email: str) -> bool:
+        return await self.db.read(suppress.is_suppressed, tenant_id, email)
+
+    async def add_suppression(
+        self, tenant_id: str, email: str, reason: str = "manual", *, actor: Actor | None = None
+    ) -> Suppression:
+        return await self._audited(actor, suppress.add, tenant_id, email, reason, utcnow())
+
+    async def remove_suppression(
+        self, tenant_id: str, email: str, *, actor: Actor | None = None
+    ) -> None:
+        await self._audited(actor, suppress.remove, tenant_id, email)
+
+    # --- webhooks to the tenants' endpoints -----------------------------------
+
+    async def create_webhook(
+        self,
+        tenant_id: str,
+        url: str,
+        events: Sequence[str],
+        description: str | None = None,
+        *,
+        actor: Actor | None = None,
+    ) -> hooks.Endpoint:
+        return await self._audited(
+            actor, hooks.create, tenant_id, url, events, description, utcnow()
+        )
+
+    async def get_webhook(self, tenant_id: str | None, webhook_id: str) -> hooks.Endpoint:
+        return await self.db.read(hooks.get, tenant_id, webhook_id)
+
+    async def list_webhooks(
+        self, *, tenant_id: str | None, limit: int = 100, before_id: str | None = None
+    ) -> list[hooks.Endpoint]:
+        return await self.db.read(
+            hooks.list_endpoints, tenant_id=tenant_id, limit=limit, before_id=before_id
+        )
+
+    async def update_webhook(
+        self,
+        tenant_id: str | None,
+        webhook_id: str,
+        *,
+        actor: Actor | None = None,
+        **values: Any,
+    ) -> hooks.Endpoint:
+        return await self._audited(actor, hooks.change, tenant_id, webhook_id, values, utcnow())
+
+    async def delete_webhook(
+        self, tenant_id: str | None, webhook_id: str, *, actor: Actor | None = None
+    ) -> None:
+        await self._audited(actor, hooks.remove, tenant_id, webhook_id)
+
+    async def test_webhook(
+        self, tenant_id: str | None, webhook_id: str, *, actor: Actor | None = None
+    ) -> int:
+        return await self._audited(actor, hooks.send_test, tenant_id, webhook_id, utcnow())
+
+    async def webhook_deliveries(
+        self, tenant_id: str | None, webhook_id: str, **filters: Any
+    ) -> list[hooks.Delivery]:
+        return await self.db.read(
+            hooks.list_deliveries, tenant_id=tenant_id, webhook_id=webhook_id, **filters
+        )
+
+    async def retry_webhook_delivery(
+        self,
+        tenant_id: str | None,
+        webhook_id: str,
+        delivery_id: int,
+        *,
+        actor: Actor | None = None,
+    ) -> None:
+        await self._audited(actor, hooks.retry, tenant_id, webhook_id, delivery_id, utcnow())
+
+    async def claim_webhook_deliveries(
+        self, owner: str, *, limit: int, lease_seconds: float
+    ) -> list[hooks.Due]:
+        now = utcnow()
+        return await self.db.write(
+            hooks.claim,
+            owner=owner,
+            now=now,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            limit=limit,
+        )
+
+    async def finish_webhook_deliveries(
+        self, owner: str, outcomes: Sequence[hooks.Outcome], policy: hooks.Policy
+    ) -> list[tuple[str, str, str]]:
+        return await self.db.write(hooks.finish, owner=owner, outcomes=outcomes, policy=policy)
 
     # --- the worker's side ---------------------------------------------------
 
@@ -374,6 +513,22 @@ def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accept
     if any(item.daily_quota is not None for item in fresh):
         fresh = _within_quotas(conn, fresh, results, items)
     queue.enqueue(conn, fresh)
+    if fresh:
+        outbox.enqueue_lazily(
+            conn,
+            {item.tenant_id for item in fresh},
+            lambda: [
+                outbox.Change(
+                    item.tenant_id,
+                    item.id,
+                    "message.accepted",
+                    status=item.status.value,
+                    event={"type": item.first_event()[0].value, **item.first_event()[1]},
+                )
+                for item in fresh
+            ],
+            now=fresh[0].created_at,
+        )
     if any(item.send_at is None for item in fresh):
         notify(conn)
     return results

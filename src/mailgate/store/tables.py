@@ -114,6 +114,13 @@ messages = Table(
     # Status first: lists by status, counts by status, and finds the few
     # `sending` rows whose lease ran out, all from one index.
     Index("ix_messages_status_tenant_id_id", "status", "tenant_id", "id"),
+    # Provider events that do not carry our id are matched by the provider's.
+    Index(
+        "ix_messages_provider_message_id",
+        "provider_message_id",
+        sqlite_where=text("provider_message_id IS NOT NULL"),
+        postgresql_where=text("provider_message_id IS NOT NULL"),
+    ),
 )
 
 message_bodies = Table(
@@ -132,6 +139,11 @@ message_recipients = Table(
         "message_id", String(32), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
     ),
     Column("email", String(320), primary_key=True),
+    # What the provider's events said about this recipient (None: nothing yet;
+    # shown as `sent` once the message is).
+    Column("status", String(16), nullable=True),
+    Column("at", Timestamp(), nullable=True),
+    Column("detail", _json(), nullable=True),
     Index("ix_message_recipients_email_message_id", "email", "message_id"),
 )
 
@@ -272,6 +284,92 @@ provider_quota = Table(
     Column("provider", String(64), primary_key=True),
     Column("day", String(10), primary_key=True),
     Column("used", Integer, nullable=False, server_default=text("0")),
+)
+
+provider_event_keys = Table(
+    "provider_event_keys",
+    metadata,
+    # Each provider event recorded, by its dedupe key, so a repeat is recorded
+    # once; also each one-time signature token seen (`replay:<token>`).
+    Column("provider", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("at", Timestamp(), nullable=False),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("email", String(320), primary_key=True),
+    Column("reason", String(16), nullable=False),
+    Column("message_id", String(32), nullable=True),
+    Column("detail", _json(), nullable=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Index("ix_suppressions_tenant_id_created_at", "tenant_id", "created_at"),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("events", _json(), nullable=False),
+    Column("description", Text, nullable=True),
+    Column("secret", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_reason", Text, nullable=True),
+    # The first failure since the last success; a day of them disables the endpoint.
+    Column("failing_since", Timestamp(), nullable=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("updated_at", Timestamp(), nullable=False),
+    Index("ix_webhooks_tenant_id_id", "tenant_id", "id"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("webhook_id", String(32), nullable=False),
+    Column("tenant_id", String(64), nullable=False),
+    Column("message_id", String(32), nullable=True),
+    Column("event_type", String(32), nullable=False),
+    Column("event_id", String(40), nullable=False),
+    Column("payload", _json(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("tries", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", Timestamp(), nullable=False),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", Timestamp(), nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("updated_at", Timestamp(), nullable=False),
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("ix_webhook_deliveries_webhook_id_message_id_id", "webhook_id", "message_id", "id"),
+    Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+    Index("ix_webhook_deliveries_status_lease_until", "status", "lease_until"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("delivery_id", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("at", Timestamp(), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_webhook_attempts_delivery_id", "delivery_id"),
 )
 
 nodes = Table(

@@ -8,20 +8,30 @@ string-only header values, attachment names on Brevo's extension allow-list
 `messageId` again and is not sent twice). Like Brevo, it drops a display
 name that mixes non-ASCII characters with RFC 5322 specials. Errors are
 `{"code", "message"}`; a 429 carries `x-sib-ratelimit-*` headers.
+
+With `webhook_url` set it posts each message's events as Brevo's
+transactional webhook does: one JSON object per event (`delivered`,
+`deferred`, `hard_bounce`, `soft_bounce`, `spam`, `unique_opened`, `click`,
+`unsubscribed`) with `message-id`, `X-Mailin-custom`, `ts_epoch` in
+milliseconds, authorised with the `webhook_username` / `webhook_password`
+basic-auth pair Brevo takes from the webhook URL.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_RECIPIENTS = 2000
@@ -56,9 +66,14 @@ class FakeBrevo(FakeProvider):
         *,
         keep: int | None = None,
         idempotency_ttl: float = IDEMPOTENCY_TTL_SECONDS,
+        webhook_username: str | None = None,
+        webhook_password: str | None = None,
     ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
+        self.webhook_username = webhook_username or f"brevo-{secrets.token_hex(4)}"
+        self.webhook_password = webhook_password or secrets.token_urlsafe(24)
+        """The basic-auth pair the events are posted with (as in Brevo's webhook URL)."""
         self.idempotency_ttl = idempotency_ttl
         self._answered: dict[str, tuple[str, float]] = {}
         """idempotencyKey -> (messageId, when it expires)."""
@@ -130,8 +145,22 @@ class FakeBrevo(FakeProvider):
             self._answered[key] = (message_id, now + self.idempotency_ttl)
         custom = _custom(headers.get("X-Mailin-custom"))
         mailgate_id = custom.get("mailgate_id") or headers.get("X-Mailgate-Id")
-        self.record(message_id, mailgate_id, _as_delivered(body))
+        recipients = [a["email"] for kind in ("to", "cc", "bcc") for a in body.get(kind) or []]
+        self.record(message_id, mailgate_id, _as_delivered(body), recipients=recipients)
         return JSONResponse({"messageId": message_id}, status_code=201)
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One POST per event, a second apart, each a Brevo webhook object."""
+        pair = f"{self.webhook_username}:{self.webhook_password}".encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Basic {base64.b64encode(pair).decode()}",
+        }
+        start = time.time()
+        return [
+            SignedPost(dict(headers), json.dumps(_event(outcome, start + i)).encode())
+            for i, outcome in enumerate(happened)
+        ]
 
     def _forget_expired(self, now: float) -> None:
         """Drop expired keys, oldest first (cheap: keys expire in the order they came)."""
@@ -211,3 +240,64 @@ def _validate(body: Any) -> tuple[str, str] | None:
         if extension not in ALLOWED_EXTENSIONS:
             return "invalid_parameter", f"Unsupported file extension in attachment: {name}"
     return None
+
+
+WEBHOOK_ID = 1234567
+"""Brevo's `id` in an event: the webhook's (or account's) id, the same in every event."""
+_LINK = re.compile(r"""https?://[^\s"'<>]+""")
+
+# outcome (kind, bounce) -> (Brevo event, reason)
+_EVENTS: dict[tuple[str, str | None], tuple[str, str | None]] = {
+    ("delivered", None): ("delivered", None),
+    ("deferred", None): ("deferred", "421 4.7.0 Try again later"),
+    ("bounced", "hard"): ("hard_bounce", "550 5.1.1 RecipientError: mailbox unavailable"),
+    ("bounced", "soft"): ("soft_bounce", "452 4.2.2 Mailbox full"),
+    ("complained", None): ("spam", None),
+    ("opened", None): ("unique_opened", None),
+    ("clicked", None): ("click", None),
+    ("unsubscribed", None): ("unsubscribed", None),
+}
+
+
+def _event(outcome: Outcome, when: float) -> dict[str, Any]:
+    """The webhook object Brevo posts for one outcome."""
+    body = outcome.received.fields
+    bounce = (outcome.bounce or "hard") if outcome.kind == "bounced" else None
+    if (outcome.kind, bounce) not in _EVENTS:
+        raise ValueError(f"no Brevo event for outcome {outcome.kind!r}")
+    name, reason = _EVENTS[(outcome.kind, bounce)]
+    seconds = int(when)
+    event: dict[str, Any] = {
+        "event": name,
+        "email": outcome.recipient,
+        "id": WEBHOOK_ID,
+        # `date` is in the account's time zone (CET/CEST at Brevo); the fake's is UTC.
+        "date": datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "ts": seconds,
+        "message-id": outcome.received.provider_message_id,
+        "ts_event": seconds,
+        "subject": body.get("subject") or "",
+        "sending_ip": "192.0.2.40",
+        "ts_epoch": int(when * 1000),
+    }
+    headers = body.get("headers") or {}
+    if isinstance(headers.get("X-Mailin-custom"), str):
+        event["X-Mailin-custom"] = headers["X-Mailin-custom"]
+    tags = body.get("tags")
+    if tags:
+        event["tags"] = list(tags)
+        event["tag"] = json.dumps(list(tags), separators=(",", ":"))
+    if reason is not None:
+        event["reason"] = reason
+    if name == "click":
+        event["link"] = _link(body.get("htmlContent"), body.get("textContent"))
+    return event
+
+
+def _link(html: Any, text: Any) -> str:
+    """The first link in the message, as a recipient would click it."""
+    for part in (html, text):
+        found = _LINK.search(part) if isinstance(part, str) else None
+        if found:
+            return found.group(0)
+    return "https://example.com/"

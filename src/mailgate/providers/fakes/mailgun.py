@@ -4,11 +4,18 @@ Basic auth `api:<key>`, repeated fields, `h:`/`o:`/`v:` prefixes, file parts
 named `attachment`; answers 200 `{"id": "<...@domain>", "message": "Queued.
 Thank you."}`, and errors as Mailgun does: `{"message": ...}`, a bare
 "Forbidden" for a bad key, 404 for an unknown domain.
+
+Its webhooks post one current-format JSON event per request, each signed
+with HMAC-SHA256(`webhook_signing_key`, timestamp + a fresh 50-character
+token) like Mailgun's.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import json
 import secrets
 import time
 from email.utils import formatdate, getaddresses
@@ -19,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_BYTES = 25 * 1024 * 1024
 
@@ -36,10 +43,19 @@ _ERROR_MESSAGES = {
 
 
 class FakeMailgun(FakeProvider):
-    def __init__(self, api_key: str, domain: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        domain: str,
+        *,
+        keep: int | None = None,
+        webhook_signing_key: str | None = None,
+    ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
         self.domain = domain
+        self.webhook_signing_key = webhook_signing_key or secrets.token_hex(16)
+        """The "HTTP webhook signing key" (not the API key): what `webhook_secret` takes."""
 
     def routes(self) -> list[Route]:
         return [
@@ -105,8 +121,132 @@ class FakeMailgun(FakeProvider):
         fields["attachments"] = attachments
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
         message_id = f"{stamp}.{secrets.token_hex(8)}@{self.domain}"
-        self.record(message_id, (fields.get("v:mailgate_id") or [None])[0], fields)
+        recipients = [
+            address
+            for kind in ("to", "cc", "bcc")
+            for _, address in getaddresses(fields.get(kind, []))
+            if address
+        ]
+        self.record(
+            message_id,
+            (fields.get("v:mailgate_id") or [None])[0],
+            fields,
+            recipients=recipients,
+        )
         return JSONResponse({"id": f"<{message_id}>", "message": "Queued. Thank you."})
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One request per event, each with its own token, as Mailgun posts them."""
+        return [self._signed(_event_data(outcome)) for outcome in happened]
+
+    def _signed(self, event_data: dict[str, Any]) -> SignedPost:
+        timestamp = str(int(time.time()))
+        token = secrets.token_hex(25)
+        signature = hmac.new(
+            self.webhook_signing_key.encode(), (timestamp + token).encode(), hashlib.sha256
+        ).hexdigest()
+        payload = {
+            "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+            "event-data": event_data,
+        }
+        headers = {"Content-Type": "application/json", "User-Agent": "mailgun/treq-16.12.0"}
+        return SignedPost(headers=headers, body=json.dumps(payload).encode())
+
+
+_OVER_QUOTA = "4.2.2 The email account that you tried to reach is over quota."
+_CLIENT = {
+    "client-type": "browser",
+    "client-os": "Windows",
+    "device-type": "desktop",
+    "client-name": "Firefox",
+    "user-agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:120.0) Firefox/120.0",
+}
+
+
+def _event_data(outcome: Outcome) -> dict[str, Any]:
+    """The `event-data` Mailgun posts for one outcome."""
+    fields = outcome.received.fields
+    domain = outcome.recipient.rpartition("@")[2]
+    data: dict[str, Any] = {
+        "id": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="),
+        "timestamp": time.time(),
+        "log-level": "info",
+        "recipient": outcome.recipient,
+        "recipient-domain": domain,
+        "tags": list(fields.get("o:tag", [])),
+        "user-variables": {k[2:]: v[0] for k, v in fields.items() if k.startswith("v:")},
+        "envelope": {"transport": "smtp", "targets": outcome.recipient},
+        "message": {
+            "headers": {
+                "message-id": outcome.received.provider_message_id,
+                "from": (fields.get("from") or [""])[0],
+                "to": ", ".join(fields.get("to", [])),
+                "subject": (fields.get("subject") or [""])[0],
+            },
+            "attachments": [],
+        },
+        "flags": {"is-authenticated": True, "is-test-mode": False},
+    }
+    match outcome.kind, outcome.bounce:
+        case "delivered", _:
+            status = {"code": 250, "message": "OK", "description": "", "attempt-no": 1}
+            data |= {"event": "delivered", "delivery-status": status}
+        case "deferred", _:
+            status = {
+                "code": 452,
+                "message": _OVER_QUOTA,
+                "description": "",
+                "attempt-no": 1,
+                "retry-seconds": 600,
+            }
+            data |= {
+                "event": "failed",
+                "log-level": "warn",
+                "severity": "temporary",
+                "reason": "generic",
+                "delivery-status": status,
+            }
+        case "bounced", "soft":
+            # Mailgun gave up retrying a temporary failure: permanent, reason "old".
+            status = {"code": 452, "message": _OVER_QUOTA, "description": "", "attempt-no": 8}
+            data |= {
+                "event": "failed",
+                "log-level": "error",
+                "severity": "permanent",
+                "reason": "old",
+                "delivery-status": status,
+            }
+        case "bounced", _:
+            status = {
+                "code": 550,
+                "message": "5.1.1 The email account that you tried to reach does not exist.",
+                "description": "",
+                "attempt-no": 1,
+                "bounce-code": "5.1.1",
+            }
+            data |= {
+                "event": "failed",
+                "log-level": "error",
+                "severity": "permanent",
+                "reason": "bounce",
+                "delivery-status": status,
+            }
+        case "complained", _:
+            data |= {"event": "complained", "log-level": "warn"}
+        case "opened", _:
+            data |= {"event": "opened", "ip": "192.0.2.1", "client-info": _CLIENT}
+        case "clicked", _:
+            data |= {
+                "event": "clicked",
+                "ip": "192.0.2.1",
+                "url": "https://example.com/",
+                "client-info": _CLIENT,
+            }
+        case "unsubscribed", _:
+            data |= {"event": "unsubscribed", "ip": "192.0.2.1", "client-info": _CLIENT}
+        case _:
+            raise ValueError(f"unknown outcome {outcome.kind!r}")
+    return data
 
 
 def _validate(fields: dict[str, list[str]]) -> str | None:

@@ -10,13 +10,22 @@ itself (credentials, malformed JSON, outage) use Mailjet's global shape
 bare HTML page with no reset header, as Mailjet sends it. `SandboxMode`
 validates without sending. Codes not in Mailjet's published table are
 marked below as this fake's own guesses.
+
+With `webhook_url` set it posts each message's events as Mailjet's Event API
+does (`sent`, `bounce`, `blocked`, `spam`, `open`, `click`, `unsub`, each
+with the recipient's own `MessageID`, `CustomID` and `Payload`): one JSON
+object per request, or, with `group_events` (Event API version 2), one
+array of them; authorised with the `webhook_username` / `webhook_password`
+basic-auth pair Mailjet takes from the webhook URL.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
+import time
 import uuid
 from collections.abc import Collection
 from typing import Any
@@ -26,7 +35,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from mailgate.message import decoded_size
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_MESSAGES = 50
 MAX_RECIPIENTS_PER_FIELD = 50
@@ -106,10 +115,18 @@ class FakeMailjet(FakeProvider):
         *,
         keep: int | None = None,
         senders: Collection[str] | None = None,
+        webhook_username: str | None = None,
+        webhook_password: str | None = None,
+        group_events: bool = False,
     ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
         self.api_secret = api_secret
+        self.webhook_username = webhook_username or f"mailjet-{secrets.token_hex(4)}"
+        self.webhook_password = webhook_password or secrets.token_urlsafe(24)
+        """The basic-auth pair the events are posted with (as in Mailjet's webhook URL)."""
+        self.group_events = group_events
+        """Post all of a message's events as one JSON array (Event API version 2)."""
         self.senders = {s.lower() for s in senders} if senders is not None else None
         """Validated sender addresses; None: any sender is accepted."""
 
@@ -191,24 +208,40 @@ class FakeMailjet(FakeProvider):
         result: dict[str, Any] = {"Status": "success"}
         if message.get("CustomID"):
             result["CustomID"] = message["CustomID"]
-        first_id: int | None = None
+        # Each recipient has its own MessageID: the first one's plus its position,
+        # so the events can name each recipient's id again from the message alone.
+        first_id = 2**56 + secrets.randbelow(2**62)
         for kind in ("To", "Cc", "Bcc"):
-            receipts = []
+            receipts: list[dict[str, Any]] = []
             for recipient in message.get(kind) or []:
-                number = 0 if sandbox else 2**56 + secrets.randbelow(2**62)
-                first_id = number if first_id is None else first_id
+                number = 0 if sandbox else first_id + len(receipts) + _offset(message, kind)
                 receipts.append(
                     {
                         "Email": recipient["Email"],
-                        "MessageUUID": "" if sandbox else str(uuid.uuid4()),
+                        "MessageUUID": "" if sandbox else _message_uuid(number),
                         "MessageID": number,
                         "MessageHref": f"https://api.mailjet.com/v3/REST/message/{number}",
                     }
                 )
             result[kind] = receipts
         if not sandbox:
-            self.record(str(first_id), message.get("CustomID"), message)
+            self.record(
+                str(first_id), message.get("CustomID"), message, recipients=_recipients(message)
+            )
         return result
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """Mailjet's event objects, a second apart: one per POST, or one array when grouped."""
+        pair = f"{self.webhook_username}:{self.webhook_password}".encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Basic {base64.b64encode(pair).decode()}",
+        }
+        start = int(time.time())
+        events = [_event(outcome, start + i) for i, outcome in enumerate(happened)]
+        if self.group_events:
+            return [SignedPost(headers, json.dumps(events).encode())] if events else []
+        return [SignedPost(dict(headers), json.dumps(event).encode()) for event in events]
 
 
 def _validate(message: dict[str, Any]) -> Problem | None:
@@ -260,3 +293,111 @@ def _validate(message: dict[str, Any]) -> Problem | None:
     if total > MAX_ATTACHMENT_BYTES:
         return "", "Attachments exceed 15 MB in total.", ["Attachments"]  # code unknown
     return None
+
+
+_UUIDS = uuid.UUID("7c3a4f0e-2b1d-4e6a-9f58-0d1c2b3a4f5e")
+"""Namespace of the fake's `MessageUUID`s, derived from each recipient's MessageID."""
+_AGENT = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/124.0"
+_LINK = re.compile(r"""https?://[^\s"'<>]+""")
+
+
+def _message_uuid(number: int) -> str:
+    return str(uuid.uuid5(_UUIDS, str(number)))
+
+
+def _entries(message: dict[str, Any]) -> list[str]:
+    """Every To, Cc and Bcc address in order, as the send answer lists them."""
+    return [
+        str(recipient.get("Email", ""))
+        for kind in ("To", "Cc", "Bcc")
+        for recipient in message.get(kind) or []
+    ]
+
+
+def _offset(message: dict[str, Any], kind: str) -> int:
+    """How many recipients the fields before `kind` hold."""
+    order = ("To", "Cc", "Bcc")
+    return sum(len(message.get(k) or []) for k in order[: order.index(kind)])
+
+
+def _recipients(message: dict[str, Any]) -> list[str]:
+    """The addresses mail goes to: each once (Mailjet counts a repeated address once)."""
+    seen: set[str] = set()
+    out = []
+    for email in _entries(message):
+        if email.lower() not in seen:
+            seen.add(email.lower())
+            out.append(email)
+    return out
+
+
+def _event(outcome: Outcome, when: int) -> dict[str, Any]:
+    """The Event API object Mailjet posts for one outcome."""
+    message = outcome.received.fields
+    lowered = [e.lower() for e in _entries(message)]
+    number = int(outcome.received.provider_message_id) + lowered.index(outcome.recipient.lower())
+    event: dict[str, Any] = {
+        "time": when,
+        "MessageID": number,
+        "Message_GUID": _message_uuid(number),
+        "email": outcome.recipient,
+        "mj_campaign_id": 0,
+        "mj_contact_id": int.from_bytes(outcome.recipient.lower().encode()[:6], "big"),
+        "customcampaign": message.get("CustomCampaign") or "",
+        "CustomID": message.get("CustomID") or "",
+        "Payload": message.get("EventPayload") or "",
+    }
+    engaged = {"ip": "192.0.2.10", "geo": "FR", "agent": _AGENT}
+    match outcome.kind:
+        case "delivered":
+            event |= {
+                "event": "sent",
+                "mj_message_id": str(number),
+                "smtp_reply": "sent (250 2.0.0 OK 1714000000 queued as 4VX1)",
+            }
+        case "deferred":
+            # Mailjet has no deferral event: a greylisting is a soft bounce it retries.
+            event |= {
+                "event": "bounce",
+                "blocked": False,
+                "hard_bounce": False,
+                "error_related_to": "domain",
+                "error": "greylisted",
+            }
+        case "bounced" if outcome.bounce == "soft":
+            event |= {
+                "event": "bounce",
+                "blocked": False,
+                "hard_bounce": False,
+                "error_related_to": "recipient",
+                "error": "quota exceeded",
+            }
+        case "bounced":
+            event |= {
+                "event": "bounce",
+                "blocked": True,
+                "hard_bounce": True,
+                "error_related_to": "recipient",
+                "error": "user unknown",
+            }
+        case "complained":
+            event |= {"event": "spam", "source": "JMRPP"}
+        case "opened":
+            event |= {"event": "open", **engaged}
+        case "clicked":
+            link = _link(message.get("HTMLPart"), message.get("TextPart"))
+            event |= {"event": "click", "url": link, **engaged}
+        case "unsubscribed":
+            event |= {"event": "unsub", "mj_list_id": 0, **engaged}
+        case _:
+            raise ValueError(f"no Mailjet event for outcome {outcome.kind!r}")
+    return event
+
+
+def _link(html: Any, text: Any) -> str:
+    """The first link in the message, as a recipient would click it."""
+    for body in (html, text):
+        found = _LINK.search(body) if isinstance(body, str) else None
+        if found:
+            return found.group(0)
+    return "https://example.com/"

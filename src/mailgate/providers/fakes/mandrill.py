@@ -11,21 +11,31 @@ the error (`Invalid_Key`, `ValidationError`, `ServiceUnavailable`,
 plain text, as a front proxy would. `rejects` is Mandrill's rejection list
 (lower-case address → reject reason); `verified_domains`, when set, refuses
 other sender domains as `unsigned`.
+
+Its webhook posts one form field, `mandrill_events` (a JSON array of every
+event of a taken message, slashes escaped as Mandrill's PHP does), signed
+like Mandrill's: base64 HMAC-SHA1(`webhook_key`, the webhook URL as
+registered, which is `webhook_url`, + "mandrill_events" + the JSON). Events
+name each recipient's own `_id`, as Mandrill's do.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import secrets
+import time
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 _ERRORS: dict[str, tuple[int, str]] = {
     "Invalid_Key": (-1, "Invalid API key"),
@@ -53,10 +63,20 @@ def _api_error(name: str, message: str | None = None, status: int = 500) -> JSON
     )
 
 
+RECIPIENT_IDS_KEPT = 10_000
+"""Messages whose per-recipient `_id`s the fake remembers for its events (oldest forgotten)."""
+
+
 class FakeMandrill(FakeProvider):
-    def __init__(self, api_key: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self, api_key: str, *, keep: int | None = None, webhook_key: str | None = None
+    ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
+        self.webhook_key = webhook_key or secrets.token_urlsafe(16)[:22]
+        """The webhook's "authentication key" (not the API key): what `webhook_secret` takes."""
+        self._recipient_ids: dict[str, dict[str, str]] = {}
+        """Taken message's id → lower-case recipient → that recipient's own `_id`."""
         self.rejects: dict[str, str] = {}
         """Mandrill's rejection list: address → reject_reason (`hard-bounce`, `unsub`, ...)."""
         self.verified_domains: set[str] | None = None
@@ -106,8 +126,123 @@ class FakeMandrill(FakeProvider):
         taken = [r for r in results if r["status"] == "sent"]
         if taken:
             metadata = message.get("metadata") or {}
-            self.record(str(taken[0]["_id"]), metadata.get("mailgate_id"), message)
+            provider_id = str(taken[0]["_id"])
+            self._remember(provider_id, {r["email"].lower(): str(r["_id"]) for r in taken})
+            # Only the recipients Mandrill took have a life to report; the refused ones
+            # were answered `rejected` or `invalid` just now.
+            self.record(
+                provider_id,
+                metadata.get("mailgate_id"),
+                message,
+                recipients=[r["email"] for r in taken],
+            )
         return JSONResponse(results)
+
+    def _remember(self, provider_id: str, ids: dict[str, str]) -> None:
+        self._recipient_ids[provider_id] = ids
+        while len(self._recipient_ids) > RECIPIENT_IDS_KEPT:
+            del self._recipient_ids[next(iter(self._recipient_ids))]
+
+    def _recipient_id(self, provider_id: str, recipient: str) -> str:
+        """The recipient's own `_id` (made up, once, for a message recorded without them)."""
+        ids = self._recipient_ids.get(provider_id)
+        if ids is None:
+            ids = {}
+            self._remember(provider_id, ids)
+        if recipient.lower() not in ids:
+            taken = provider_id in ids.values()
+            ids[recipient.lower()] = secrets.token_hex(16) if taken else provider_id
+        return ids[recipient.lower()]
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One batch of every event, as Mandrill posts them, signed over `webhook_url`."""
+        if not happened:
+            return []
+        now = int(time.time())
+        events = [self._event(outcome, now) for outcome in happened]
+        # Mandrill's JSON escapes "/" (PHP's json_encode); a valid escape, kept as posted.
+        payload = json.dumps(events, separators=(",", ":")).replace("/", "\\/")
+        signed = (self.webhook_url or "") + "mandrill_events" + payload
+        mac = hmac.new(self.webhook_key.encode(), signed.encode(), hashlib.sha1).digest()
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "User-Agent": "Mandrill-Webhook/1.0",
+            "X-Mandrill-Signature": base64.b64encode(mac).decode(),
+        }
+        body = urlencode({"mandrill_events": payload}).encode()
+        return [SignedPost(headers=headers, body=body)]
+
+    def _event(self, outcome: Outcome, now: int) -> dict[str, Any]:
+        message = outcome.received.fields
+        event_id = self._recipient_id(outcome.received.provider_message_id, outcome.recipient)
+        msg: dict[str, Any] = {
+            "ts": int(outcome.received.at),
+            "subject": message.get("subject"),
+            "email": outcome.recipient,
+            "sender": message.get("from_email"),
+            "tags": list(message.get("tags") or []),
+            "opens": [],
+            "clicks": [],
+            "state": "sent",
+            "metadata": dict(message.get("metadata") or {}),
+            "_id": event_id,
+            "_version": secrets.token_urlsafe(16)[:22],
+        }
+        event: dict[str, Any] = {"event": "send", "msg": msg, "_id": event_id, "ts": now}
+        agent = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:120.0) Firefox/120.0"
+        match outcome.kind, outcome.bounce:
+            case "delivered", _:
+                pass
+            case "deferred", _:
+                msg["state"] = "deferred"
+                msg["smtp_events"] = [
+                    {
+                        "ts": now,
+                        "type": "deferred",
+                        "diag": "452 4.2.2 Mailbox full",
+                        "source_ip": "192.0.2.10",
+                        "destination_ip": "192.0.2.20",
+                        "size": 0,
+                    }
+                ]
+                event["event"] = "deferral"
+            case "bounced", "soft":
+                msg |= {
+                    "state": "soft-bounced",
+                    "bounce_description": "mailbox_full",
+                    "bgtools_code": 22,
+                    "diag": "smtp;552 5.2.2 Over Quota",
+                }
+                event["event"] = "soft_bounce"
+            case "bounced", _:
+                msg |= {
+                    "state": "bounced",
+                    "bounce_description": "bad_mailbox",
+                    "bgtools_code": 10,
+                    "diag": "smtp;550 5.1.1 The email account that you tried to reach does "
+                    "not exist.",
+                }
+                event["event"] = "hard_bounce"
+            case "complained", _:
+                event["event"] = "spam"
+            case "opened", _:
+                msg["opens"] = [{"ts": now}]
+                event |= {"event": "open", "ip": "192.0.2.1", "user_agent": agent}
+            case "clicked", _:
+                msg["opens"] = [{"ts": now}]
+                msg["clicks"] = [{"ts": now, "url": "https://example.com/"}]
+                event |= {
+                    "event": "click",
+                    "ip": "192.0.2.1",
+                    "user_agent": agent,
+                    "url": "https://example.com/",
+                }
+            case "unsubscribed", _:
+                event["event"] = "unsub"
+            case _:
+                raise ValueError(f"unknown outcome {outcome.kind!r}")
+        event["ts"] = event.pop("ts")  # Mandrill writes `ts` last
+        return event
 
     def _result(self, sender: str, email: str) -> dict[str, Any]:
         domain = sender.rpartition("@")[2].lower()

@@ -8,13 +8,22 @@ message, in order, whatever each one's fate. `inactive` holds suppressed
 recipients (406 when every recipient is one, an "OK, but" otherwise);
 `sender_signatures`, when set, the confirmed senders and domains (400 for
 anyone else).
+
+With `webhook_url` set it posts each message's events as Postmark does: one
+JSON object per event (`RecordType` Delivery, Bounce, SpamComplaint, Open,
+Click, SubscriptionChange), with the `webhook_username` / `webhook_password`
+basic-auth pair Postmark takes from the webhook URL.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import secrets
 import time
 import uuid
+from datetime import UTC, datetime
 from email.utils import getaddresses
 from typing import Any
 
@@ -22,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_BATCH_BYTES = 50 * 1024 * 1024
@@ -65,9 +74,19 @@ def _answer(code: int, message: str | None = None) -> dict[str, Any]:
 
 
 class FakePostmark(FakeProvider):
-    def __init__(self, server_token: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        server_token: str,
+        *,
+        keep: int | None = None,
+        webhook_username: str | None = None,
+        webhook_password: str | None = None,
+    ) -> None:
         super().__init__(keep=keep)
         self.server_token = server_token
+        self.webhook_username = webhook_username or f"postmark-{secrets.token_hex(4)}"
+        self.webhook_password = webhook_password or secrets.token_urlsafe(24)
+        """The basic-auth pair the events are posted with (as in Postmark's webhook URL)."""
         self.inactive: set[str] = set()
         """Lower-cased addresses Postmark suppressed after a hard bounce or complaint."""
         self.sender_signatures: set[str] | None = None
@@ -151,12 +170,13 @@ class FakePostmark(FakeProvider):
         problem = self._validate(message)
         if problem is not None:
             return _answer(*problem)
-        recipients = [
-            address.lower()
+        addresses = [
+            address
             for key in ("To", "Cc", "Bcc")
             if message.get(key)
             for _, address in getaddresses([message[key]])
         ]
+        recipients = [address.lower() for address in addresses]
         inactive = [r for r in recipients if r in self.inactive]
         if inactive and len(inactive) == len(recipients):
             return _answer(
@@ -174,7 +194,12 @@ class FakePostmark(FakeProvider):
             )
         message_id = str(uuid.uuid4())
         metadata = message.get("Metadata") or {}
-        self.record(message_id, metadata.get("mailgate_id"), message)
+        self.record(
+            message_id,
+            metadata.get("mailgate_id"),
+            message,
+            recipients=[a for a in addresses if a.lower() not in self.inactive],
+        )
         return {
             "To": message.get("To"),
             "SubmittedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -182,6 +207,20 @@ class FakePostmark(FakeProvider):
             "ErrorCode": 0,
             "Message": text,
         }
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One POST per event, a second apart, each a Postmark webhook object."""
+        pair = f"{self.webhook_username}:{self.webhook_password}".encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Basic {base64.b64encode(pair).decode()}",
+            "User-Agent": "Postmark",
+        }
+        start = time.time()
+        return [
+            SignedPost(dict(headers), json.dumps(_event(outcome, start + i)).encode())
+            for i, outcome in enumerate(happened)
+        ]
 
     def _validate(self, message: dict[str, Any]) -> tuple[int, str] | None:
         """The first problem Postmark would report, as (ErrorCode, Message), or None."""
@@ -237,3 +276,152 @@ class FakePostmark(FakeProvider):
             if name.rpartition(".")[2].lower() in FORBIDDEN_EXTENSIONS:
                 return 411, f"Forbidden attachment type: '{name}'."
         return None
+
+
+SERVER_ID = 23
+"""The Postmark server the fake's events name (`ServerID`)."""
+_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36"
+)
+_CLIENT = {"Name": "Chrome 124.0", "Company": "Google", "Family": "Chrome"}
+_OS = {"Name": "Windows 10", "Company": "Microsoft Corporation", "Family": "Windows"}
+_LINK = re.compile(r"""https?://[^\s"'<>]+""")
+
+# Bounce Type -> (TypeCode, Name, Description, Details), in Postmark's words.
+_BOUNCES: dict[str, tuple[int, str, str, str]] = {
+    "HardBounce": (
+        1,
+        "Hard bounce",
+        "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
+        "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+    ),
+    "Transient": (
+        2,
+        "Message delayed",
+        "The server could not temporarily deliver your message "
+        "(ex: Message is delayed due to network troubles).",
+        "smtp;421 4.7.0 Try again later, closing connection.",
+    ),
+    "SoftBounce": (
+        4096,
+        "Soft bounce",
+        "Unable to temporarily deliver this email.",
+        "smtp;452 4.2.2 The email account that you tried to reach is over quota.",
+    ),
+}
+
+
+def _event(outcome: Outcome, when: float) -> dict[str, Any]:
+    """The webhook object Postmark posts for one outcome."""
+    message = outcome.received.fields
+    at = datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+    at = at.replace("+00:00", "Z")
+    common: dict[str, Any] = {
+        "MessageID": outcome.received.provider_message_id,
+        "ServerID": SERVER_ID,
+        "MessageStream": message.get("MessageStream") or "outbound",
+        "Tag": message.get("Tag") or "",
+        "Metadata": dict(message.get("Metadata") or {}),
+    }
+    recipient = outcome.recipient
+    match outcome.kind:
+        case "delivered":
+            return {
+                "RecordType": "Delivery",
+                **common,
+                "Recipient": recipient,
+                "DeliveredAt": at,
+                "Details": "smtp;250 2.0.0 OK",
+            }
+        case "deferred" | "bounced":
+            bounce_type = "Transient" if outcome.kind == "deferred" else "SoftBounce"
+            if outcome.kind == "bounced" and outcome.bounce != "soft":
+                bounce_type = "HardBounce"
+            code, name, description, details = _BOUNCES[bounce_type]
+            return {
+                "RecordType": "Bounce",
+                **common,
+                **_bounce_record(message, recipient, at),
+                "Type": bounce_type,
+                "TypeCode": code,
+                "Name": name,
+                "Description": description,
+                "Details": details,
+                "Inactive": bounce_type == "HardBounce",
+                "CanActivate": True,
+            }
+        case "complained":
+            return {
+                "RecordType": "SpamComplaint",
+                **common,
+                **_bounce_record(message, recipient, at),
+                "Type": "SpamComplaint",
+                "TypeCode": 512,
+                "Name": "Spam complaint",
+                "Description": "The subscriber explicitly marked this email as spam.",
+                "Details": "",
+                "Inactive": True,
+                "CanActivate": False,
+            }
+        case "opened":
+            return {
+                "RecordType": "Open",
+                **common,
+                "FirstOpen": True,
+                "Client": _CLIENT,
+                "OS": _OS,
+                "Platform": "Desktop",
+                "UserAgent": _USER_AGENT,
+                "ReadSeconds": 5,
+                "Geo": {},
+                "Recipient": recipient,
+                "ReceivedAt": at,
+            }
+        case "clicked":
+            return {
+                "RecordType": "Click",
+                **common,
+                "ClickLocation": "HTML",
+                "Client": _CLIENT,
+                "OS": _OS,
+                "Platform": "Desktop",
+                "UserAgent": _USER_AGENT,
+                "OriginalLink": _link(message.get("HtmlBody"), message.get("TextBody")),
+                "Geo": {},
+                "Recipient": recipient,
+                "ReceivedAt": at,
+            }
+        case "unsubscribed":
+            return {
+                "RecordType": "SubscriptionChange",
+                **common,
+                "Recipient": recipient,
+                "Origin": "Recipient",
+                "SuppressSending": True,
+                "SuppressionReason": "ManualSuppression",
+                "ChangedAt": at,
+            }
+        case _:
+            raise ValueError(f"no Postmark event for outcome {outcome.kind!r}")
+
+
+def _bounce_record(message: dict[str, Any], recipient: str, at: str) -> dict[str, Any]:
+    """The fields every bounce record has (bounces and spam complaints alike)."""
+    return {
+        "ID": secrets.randbelow(9 * 10**9) + 10**9,
+        "Email": recipient,
+        "From": message.get("From") or "",
+        "BouncedAt": at,
+        "DumpAvailable": False,
+        "Subject": message.get("Subject") or "",
+        "Content": "",
+    }
+
+
+def _link(html: Any, text: Any) -> str:
+    """The first link in the message, as a recipient would click it."""
+    for body in (html, text):
+        found = _LINK.search(body) if isinstance(body, str) else None
+        if found:
+            return found.group(0)
+    return "https://example.com/"

@@ -11,6 +11,14 @@ Also reproduces the address quirks django-anymail reports (a quoted display
 name is refused, an RFC 2047 one in `from` is a 451 `security_error`), the
 tag character rules and, with `verified_domains` set, the 403
 `validation_error` for a sender domain that is not verified.
+
+With `webhook_url` set, each taken message's events are posted as Resend
+posts them through Svix: `{type, created_at, data}` signed with the
+`whsec_` secret `webhook_secret` (`svix-id`, `svix-timestamp`,
+`svix-signature`). One post per simulated outcome, its `data.to` naming
+that outcome's recipient (real Resend reports once per email, with the
+email's whole `to` list; for one recipient the two are the same).
+Resend has no unsubscribe event, so none is posted.
 """
 
 from __future__ import annotations
@@ -18,18 +26,22 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import getaddresses
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 MAX_RECIPIENTS = 50
@@ -104,10 +116,54 @@ class _Key:
     message_id: str | None = None
 
 
+_EVENT_TYPES = {
+    "delivered": "email.delivered",
+    "deferred": "email.delivery_delayed",
+    "bounced": "email.bounced",
+    "complained": "email.complained",
+    "opened": "email.opened",
+    "clicked": "email.clicked",
+}
+_BOUNCES = {
+    "hard": {
+        "type": "Permanent",
+        "subType": "General",
+        "message": "The recipient's email provider sent a hard bounce message, and Resend "
+        "suppressed the address.",
+    },
+    "soft": {
+        "type": "Transient",
+        "subType": "General",
+        "message": "The recipient's email provider sent a general bounce message.",
+    },
+}
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def new_webhook_secret() -> str:
+    """A Svix endpoint secret: `whsec_` and 24 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _svix_id() -> str:
+    """A Svix message id (`msg_` and 27 base62 characters, as Svix's KSUIDs look)."""
+    return "msg_" + "".join(secrets.choice(_BASE62) for _ in range(27))
+
+
+def _iso(when: float) -> str:
+    return (
+        datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
 class FakeResend(FakeProvider):
-    def __init__(self, api_key: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self, api_key: str, *, keep: int | None = None, webhook_secret: str | None = None
+    ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
+        self.webhook_secret = webhook_secret or new_webhook_secret()
+        """The Svix endpoint secret the events are signed with (`whsec_<base64>`)."""
         self.keys: dict[str, _Key] = {}
         """Idempotency keys seen in the last 24 h."""
         self.verified_domains: set[str] | None = None
@@ -200,8 +256,70 @@ class FakeResend(FakeProvider):
         message_id = str(uuid.uuid4())
         tags = {t["name"]: t.get("value") for t in body.get("tags") or []}
         mailgate_id = tags.get("mailgate_id") or (body.get("headers") or {}).get("X-Mailgate-Id")
-        self.record(message_id, mailgate_id, body)
+        recipients = [
+            address
+            for field in ("to", "cc", "bcc")
+            for _, address in getaddresses(_listed(body.get(field)))
+        ]
+        self.record(message_id, mailgate_id, body, recipients=recipients)
         return JSONResponse({"id": message_id}), message_id
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """Svix-signed `email.*` events, one per outcome (none for `unsubscribed`)."""
+        key = base64.b64decode(self.webhook_secret.removeprefix("whsec_"))
+        posts = []
+        for outcome in happened:
+            event_type = _EVENT_TYPES.get(outcome.kind)
+            if event_type is None:
+                continue
+            fields = outcome.received.fields
+            now = time.time()
+            data: dict[str, Any] = {
+                "email_id": outcome.received.provider_message_id,
+                "created_at": _iso(outcome.received.at),
+                "from": fields.get("from"),
+                "to": [outcome.recipient],
+                "subject": fields.get("subject"),
+                "headers": [
+                    {"name": name, "value": value}
+                    for name, value in (fields.get("headers") or {}).items()
+                ],
+                "tags": {t["name"]: t.get("value") for t in fields.get("tags") or []},
+            }
+            if outcome.kind == "bounced":
+                data["bounce"] = _BOUNCES[outcome.bounce or "hard"]
+            elif outcome.kind == "clicked":
+                data["click"] = {
+                    "ipAddress": "198.51.100.7",
+                    "link": "https://example.com/welcome",
+                    "timestamp": _iso(now),
+                    "userAgent": "Mozilla/5.0 (fake mailbox)",
+                }
+            elif outcome.kind == "opened":
+                data["open"] = {
+                    "ipAddress": "198.51.100.7",
+                    "timestamp": _iso(now),
+                    "userAgent": "Mozilla/5.0 (fake mailbox)",
+                }
+            body = json.dumps(
+                {"type": event_type, "created_at": _iso(now), "data": data},
+                separators=(",", ":"),
+            ).encode()
+            msg_id, stamp = _svix_id(), str(int(now))
+            signed = f"{msg_id}.{stamp}.".encode() + body
+            signature = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+            posts.append(
+                SignedPost(
+                    headers={
+                        "content-type": "application/json",
+                        "svix-id": msg_id,
+                        "svix-timestamp": stamp,
+                        "svix-signature": f"v1,{signature}",
+                    },
+                    body=body,
+                )
+            )
+        return posts
 
     def _validate(self, body: Any) -> tuple[int, str, str] | None:
         """The first problem Resend would report, as (status, name, message), or None."""
@@ -243,6 +361,13 @@ class FakeResend(FakeProvider):
         if total > MAX_ATTACHMENT_BYTES:
             return 422, "invalid_attachment", "Attachments must total at most 40MB."
         return None
+
+
+def _listed(value: Any) -> list[str]:
+    """`to`, `cc` or `bcc` as a list (Resend takes a string or an array)."""
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value or [] if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _check_address(field: str, value: Any) -> tuple[int, str, str] | None:

@@ -3,19 +3,28 @@
 Enforces what the real one does for the requests mailgate makes (bearer
 key, JSON shape, recipient limits and duplicates, string-only headers and
 custom args, size) and answers errors in SendGrid's `{"errors": [...]}` form.
+
+Its Signed Event Webhook posts one JSON array per taken message (a
+`processed` event per recipient, then each outcome), signed with ECDSA
+P-256 over timestamp + body like SendGrid's; `webhook_public_key` is the
+verification key as SendGrid's UI shows it (what `webhook_secret` takes).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
+import time
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_BYTES = 30 * 1024 * 1024
 MAX_RECIPIENTS = 1000
@@ -42,9 +51,22 @@ def _error(status: int, message: str | None = None, field: str | None = None) ->
 
 
 class FakeSendGrid(FakeProvider):
-    def __init__(self, api_key: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        keep: int | None = None,
+        webhook_private_key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
+        self.webhook_private_key = webhook_private_key or ec.generate_private_key(ec.SECP256R1())
+        """What signs the event webhook (SendGrid keeps its own; a new one per fake)."""
+        der = self.webhook_private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.webhook_public_key = base64.b64encode(der).decode()
+        """The verification key: base64 DER SubjectPublicKeyInfo, no PEM armour."""
 
     def routes(self) -> list[Route]:
         return [
@@ -77,8 +99,103 @@ class FakeSendGrid(FakeProvider):
             return _error(400, *problem)
         message_id = secrets.token_urlsafe(16)[:22]
         custom_args = body.get("custom_args") or {}
-        self.record(message_id, custom_args.get("mailgate_id"), body)
+        recipients = [
+            str(address["email"])
+            for p in body["personalizations"]
+            for kind in ("to", "cc", "bcc")
+            for address in p.get(kind) or []
+        ]
+        self.record(message_id, custom_args.get("mailgate_id"), body, recipients=recipients)
         return Response(status_code=202, headers={"X-Message-Id": message_id})
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One batch, as SendGrid posts them: a JSON array ending in CRLF, signed."""
+        if not happened:
+            return []
+        now = int(time.time())
+        events: list[dict[str, Any]] = []
+        processed: set[tuple[str, str]] = set()
+        for outcome in happened:
+            pair = (outcome.received.provider_message_id, outcome.recipient)
+            if pair not in processed:
+                processed.add(pair)
+                events.append(_event("processed", outcome, now))
+            events.append(_outcome_event(outcome, now))
+        body = (json.dumps(events, separators=(",", ":")) + "\r\n").encode()
+        timestamp = str(now)
+        signature = self.webhook_private_key.sign(
+            timestamp.encode() + body, ec.ECDSA(hashes.SHA256())
+        )
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "SendGrid Event API",
+            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        }
+        return [SignedPost(headers=headers, body=body)]
+
+
+def _event(name: str, outcome: Outcome, now: int, **fields: Any) -> dict[str, Any]:
+    """An event with the fields every SendGrid event has, custom args as top-level keys."""
+    body = outcome.received.fields
+    provider_id = outcome.received.provider_message_id
+    event: dict[str, Any] = {
+        "email": outcome.recipient,
+        "timestamp": now,
+        "event": name,
+        "sg_event_id": base64.urlsafe_b64encode(secrets.token_bytes(36)).decode(),
+        "sg_message_id": f"{provider_id}.filterdrecv-fake-1-{secrets.token_hex(4).upper()}-0.0",
+        "smtp-id": f"<{provider_id}@ismtpd0001p1fake.sendgrid.net>",
+    }
+    if body.get("categories"):
+        event["category"] = list(body["categories"])
+    return {**(body.get("custom_args") or {}), **event, **fields}
+
+
+def _outcome_event(outcome: Outcome, now: int) -> dict[str, Any]:
+    agent = "Mozilla/5.0 (Windows NT 10.0; Win64; x64)"
+    match outcome.kind, outcome.bounce:
+        case "delivered", _:
+            return _event("delivered", outcome, now, response="250 2.0.0 OK", tls=1)
+        case "deferred", _:
+            return _event("deferred", outcome, now, response="452 4.2.2 Mailbox full", attempt="1")
+        case "bounced", "soft":
+            return _event(
+                "bounce",
+                outcome,
+                now,
+                type="blocked",
+                status="4.2.2",
+                reason="452 4.2.2 Mailbox full",
+                bounce_classification="Mailbox Unavailable",
+            )
+        case "bounced", _:
+            return _event(
+                "bounce",
+                outcome,
+                now,
+                type="bounce",
+                status="5.1.1",
+                reason="550 5.1.1 The email account that you tried to reach does not exist.",
+                bounce_classification="Invalid Address",
+            )
+        case "complained", _:
+            return _event("spamreport", outcome, now)
+        case "opened", _:
+            return _event("open", outcome, now, useragent=agent, ip="192.0.2.1")
+        case "clicked", _:
+            return _event(
+                "click",
+                outcome,
+                now,
+                url="https://example.com/",
+                url_offset={"index": 0, "type": "html"},
+                useragent=agent,
+                ip="192.0.2.1",
+            )
+        case "unsubscribed", _:
+            return _event("unsubscribe", outcome, now)
+    raise ValueError(f"unknown outcome {outcome.kind!r}")
 
 
 def _validate(body: Any) -> tuple[str, str | None] | None:

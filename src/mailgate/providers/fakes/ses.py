@@ -15,6 +15,18 @@ quota exceeded."`). `verified`, when given, makes the fake a sandbox account
 that only sends from and to those addresses; `sending_enabled = False`, an
 account whose sending is paused. `GET /v2/email/account` (GetAccount) is
 there for the adapter's health probe.
+
+With `webhook_url` set, each taken message's events are posted as SNS posts
+what a configuration set publishes: a `Notification` envelope for the
+topic `sns_topic_arn` whose `Message` is the SES event JSON (`Delivery`,
+`Bounce`, `Complaint`, `DeliveryDelay`, `Open`, `Click`, `Subscription`),
+signed the SNS way (`SignatureVersion` `signature_version`, "1" =
+SHA1withRSA, "2" = SHA256withRSA) with an RSA key whose self-signed
+certificate (`certificate_pem`) is "served" at `certificate_url`, an
+`https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem`
+URL. Nothing serves it: a verifier is handed the PEM for that URL (AWS is
+out of reach here). `subscription_confirmation()` is the post SNS makes
+when the HTTPS subscription is created.
 """
 
 from __future__ import annotations
@@ -23,18 +35,24 @@ import base64
 import binascii
 import json
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 from typing import Any
+from urllib.parse import urlencode
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 from mailgate.providers.ses import (
     ACCOUNT_PATH,
     AMZ_DATE_FORMAT,
@@ -114,6 +132,35 @@ def error(status: int, code: str | None = None, message: str | None = None) -> R
     )
 
 
+SNS_ACCOUNT = "123456789012"
+SNS_TOPIC = "mailgate-ses-events"
+_SNS_SIGNED = {
+    # What SNS signs, in order (AWS, "Verifying the signatures of Amazon SNS messages").
+    "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
+    "SubscriptionConfirmation": (
+        "Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type",
+    ),
+    "UnsubscribeConfirmation": (
+        "Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type",
+    ),
+}  # fmt: skip
+_SES_EVENTS = {
+    "delivered": "Delivery",
+    "deferred": "DeliveryDelay",
+    "bounced": "Bounce",
+    "complained": "Complaint",
+    "opened": "Open",
+    "clicked": "Click",
+    "unsubscribed": "Subscription",
+}
+
+
+def _iso(when: float) -> str:
+    """A time as SNS and SES write it: `2024-05-01T10:00:00.123Z`."""
+    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
 class FakeSes(FakeProvider):
     def __init__(
         self,
@@ -125,8 +172,20 @@ class FakeSes(FakeProvider):
         configuration_sets: Iterable[str] = (),
         verified: Iterable[str] | None = None,
         keep: int | None = None,
+        sns_topic_arn: str | None = None,
+        signature_version: str = "1",
     ) -> None:
         super().__init__(keep=keep)
+        self.sns_topic_arn = sns_topic_arn or f"arn:aws:sns:{region}:{SNS_ACCOUNT}:{SNS_TOPIC}"
+        """The topic the events are published to (mailgate's `webhook_sns_topic_arn`)."""
+        self.signature_version = signature_version
+        """"1" (SHA1withRSA, SNS's default) or "2" (SHA256withRSA)."""
+        self.certificate_url = (
+            f"https://sns.{region}.amazonaws.com/"
+            f"SimpleNotificationService-{secrets.token_hex(16)}.pem"
+        )
+        self._signing_key: rsa.RSAPrivateKey | None = None
+        self._certificate_pem: bytes | None = None
         self.access_key_id = access_key_id
         self.secret_access_key = secret_access_key
         self.region = region
@@ -141,6 +200,210 @@ class FakeSes(FakeProvider):
             Route(SEND_PATH, self._send, methods=["POST"]),
             Route(ACCOUNT_PATH, self._account, methods=["GET"]),
         ]
+
+    @property
+    def certificate_pem(self) -> bytes:
+        """The self-signed certificate of the SNS signing key (made on first use: RSA is slow)."""
+        self._key()
+        assert self._certificate_pem is not None
+        return self._certificate_pem
+
+    def _key(self) -> rsa.RSAPrivateKey:
+        if self._signing_key is None:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+            now = datetime.now(UTC)
+            certificate = (
+                x509.CertificateBuilder()
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(days=1))
+                .not_valid_after(now + timedelta(days=365))
+                .sign(key, hashes.SHA256())
+            )
+            self._certificate_pem = certificate.public_bytes(serialization.Encoding.PEM)
+            self._signing_key = key
+        return self._signing_key
+
+    def sns_post(
+        self,
+        kind: str,
+        message: str,
+        *,
+        subject: str | None = None,
+        token: str | None = None,
+        at: float | None = None,
+    ) -> SignedPost:
+        """One signed SNS post of `kind` (`Notification`, `SubscriptionConfirmation`, ...)."""
+        message_id = str(uuid.uuid4())
+        envelope: dict[str, str] = {"Type": kind, "MessageId": message_id}
+        if kind != "Notification":
+            token = token or secrets.token_hex(64)
+            query = urlencode(
+                {"Action": "ConfirmSubscription", "TopicArn": self.sns_topic_arn, "Token": token}
+            )
+            envelope["Token"] = token
+            envelope["SubscribeURL"] = f"https://sns.{self.region}.amazonaws.com/?{query}"
+        envelope["TopicArn"] = self.sns_topic_arn
+        if subject is not None:
+            envelope["Subject"] = subject
+        envelope["Message"] = message
+        envelope["Timestamp"] = _iso(time.time() if at is None else at)
+        text = "".join(f"{k}\n{envelope[k]}\n" for k in _SNS_SIGNED[kind] if k in envelope)
+        algorithm = hashes.SHA1() if self.signature_version == "1" else hashes.SHA256()
+        signature = self._key().sign(text.encode(), padding.PKCS1v15(), algorithm)
+        envelope["SignatureVersion"] = self.signature_version
+        envelope["Signature"] = base64.b64encode(signature).decode()
+        envelope["SigningCertURL"] = self.certificate_url
+        if kind == "Notification":
+            subscription = f"{self.sns_topic_arn}:{uuid.uuid4()}"
+            envelope["UnsubscribeURL"] = f"https://sns.{self.region}.amazonaws.com/?" + urlencode(
+                {"Action": "Unsubscribe", "SubscriptionArn": subscription}
+            )
+        headers = {
+            "content-type": "text/plain; charset=UTF-8",
+            "user-agent": "Amazon Simple Notification Service Agent",
+            "x-amz-sns-message-type": kind,
+            "x-amz-sns-message-id": message_id,
+            "x-amz-sns-topic-arn": self.sns_topic_arn,
+        }
+        if kind == "Notification":
+            headers["x-amz-sns-subscription-arn"] = f"{self.sns_topic_arn}:{uuid.uuid4()}"
+        return SignedPost(headers=headers, body=json.dumps(envelope).encode())
+
+    def subscription_confirmation(self) -> SignedPost:
+        """What SNS posts when the HTTPS subscription is created: GET its SubscribeURL."""
+        message = (
+            f"You have chosen to subscribe to the topic {self.sns_topic_arn}.\n"
+            "To confirm the subscription, visit the SubscribeURL included in this message."
+        )
+        return self.sns_post("SubscriptionConfirmation", message)
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One SNS notification per outcome, its `Message` the SES event."""
+        return [
+            self.sns_post("Notification", json.dumps(self.ses_event(o), separators=(",", ":")))
+            for o in happened
+        ]
+
+    def ses_event(self, outcome: Outcome) -> dict[str, Any]:
+        """The SES event JSON (event publishing format) of one outcome."""
+        fields = outcome.received.fields
+        destination = fields.get("Destination") or {}
+        recipients = [
+            address
+            for part in ("ToAddresses", "CcAddresses", "BccAddresses")
+            for _, address in getaddresses(destination.get(part) or [])
+        ]
+        simple = (fields.get("Content") or {}).get("Simple") or {}
+        sender = getaddresses([str(fields.get("FromEmailAddress") or "")])[0][1]
+        tags: dict[str, list[str]] = {
+            "ses:operation": ["SendEmail"],
+            "ses:source-ip": ["192.0.2.10"],
+            "ses:from-domain": [sender.rpartition("@")[2]],
+            "ses:caller-identity": ["mailgate"],
+        }
+        if fields.get("ConfigurationSetName"):
+            tags["ses:configuration-set"] = [fields["ConfigurationSetName"]]
+        for tag in fields.get("EmailTags") or []:
+            tags[tag["Name"]] = [tag["Value"]]
+        headers = [{"name": h["Name"], "value": h["Value"]} for h in simple.get("Headers") or []]
+        mail = {
+            "timestamp": _iso(outcome.received.at),
+            "source": fields.get("FromEmailAddress"),
+            "sendingAccountId": SNS_ACCOUNT,
+            "messageId": outcome.received.provider_message_id,
+            "destination": recipients,
+            "headersTruncated": False,
+            "headers": headers,
+            "commonHeaders": {
+                "from": [fields.get("FromEmailAddress")],
+                "to": destination.get("ToAddresses") or [],
+                "messageId": outcome.received.provider_message_id,
+                "subject": (simple.get("Subject") or {}).get("Data"),
+            },
+            "tags": tags,
+        }
+        now = _iso(time.time())
+        event_type = _SES_EVENTS[outcome.kind]
+        event: dict[str, Any] = {"eventType": event_type, "mail": mail}
+        recipient = outcome.recipient
+        domain = recipient.rpartition("@")[2]
+        match outcome.kind:
+            case "delivered":
+                event["delivery"] = {
+                    "timestamp": now,
+                    "processingTimeMillis": 546,
+                    "recipients": [recipient],
+                    "smtpResponse": "250 2.6.0 Message received",
+                    "reportingMTA": "a8-70.smtp-out.amazonses.com",
+                }
+            case "deferred":
+                event["deliveryDelay"] = {
+                    "timestamp": now,
+                    "delayType": "TransientCommunicationFailure",
+                    "expirationTime": _iso(time.time() + 86400),
+                    "delayedRecipients": [
+                        {
+                            "emailAddress": recipient,
+                            "status": "4.4.1",
+                            "diagnosticCode": "smtp; 421 4.4.1 Try again later",
+                        }
+                    ],
+                }
+            case "bounced":
+                hard = outcome.bounce != "soft"
+                event["bounce"] = {
+                    "timestamp": now,
+                    "feedbackId": f"{uuid.uuid4()}-000000",
+                    "bounceType": "Permanent" if hard else "Transient",
+                    "bounceSubType": "General",
+                    "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
+                    "bouncedRecipients": [
+                        {
+                            "emailAddress": recipient,
+                            "action": "failed",
+                            "status": "5.1.1" if hard else "4.2.2",
+                            "diagnosticCode": "smtp; 550 5.1.1 user unknown"
+                            if hard
+                            else "smtp; 452 4.2.2 mailbox full",
+                        }
+                    ],
+                }
+            case "complained":
+                event["complaint"] = {
+                    "timestamp": now,
+                    "feedbackId": f"{uuid.uuid4()}-000000",
+                    "complaintSubType": None,
+                    "complaintFeedbackType": "abuse",
+                    "userAgent": f"{domain} feedback loop",
+                    "complainedRecipients": [{"emailAddress": recipient}],
+                }
+            case "opened":
+                event["open"] = {
+                    "timestamp": now,
+                    "ipAddress": "198.51.100.7",
+                    "userAgent": "Mozilla/5.0 (fake mailbox)",
+                }
+            case "clicked":
+                event["click"] = {
+                    "timestamp": now,
+                    "ipAddress": "198.51.100.7",
+                    "userAgent": "Mozilla/5.0 (fake mailbox)",
+                    "link": "https://example.com/welcome",
+                    "linkTags": {},
+                }
+            case _:
+                event["subscription"] = {
+                    "contactList": "mailgate",
+                    "timestamp": now,
+                    "source": "UnsubscribeFooterLink",
+                    "newTopicPreferences": {"unsubscribeAll": True, "topicSubscriptionStatus": []},
+                    "oldTopicPreferences": {"unsubscribeAll": False, "topicSubscriptionStatus": []},
+                }
+        return event
 
     async def _account(self, request: Request) -> Response:
         """GetAccount, the adapter's health probe."""
@@ -190,7 +453,18 @@ class FakeSes(FakeProvider):
         message_id = f"{time.time_ns() // 1_000_000:016x}-{uuid.uuid4()}-000000"
         tags = {t["Name"]: t["Value"] for t in body.get("EmailTags") or []}
         mailgate_id = tags.get(MAILGATE_ID_TAG)
-        self.record(message_id, decode_tag(mailgate_id) if mailgate_id else None, body)
+        destination = body.get("Destination") or {}
+        recipients = [
+            address
+            for part in ("ToAddresses", "CcAddresses", "BccAddresses")
+            for _, address in getaddresses(destination.get(part) or [])
+        ]
+        self.record(
+            message_id,
+            decode_tag(mailgate_id) if mailgate_id else None,
+            body,
+            recipients=recipients,
+        )
         return JSONResponse(
             {"MessageId": message_id}, headers={"x-amzn-RequestId": str(uuid.uuid4())}
         )

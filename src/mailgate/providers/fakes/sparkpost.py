@@ -9,6 +9,12 @@ and errors as `{"errors": [{"message", "description", "code"}]}`.
 `Behaviour.error` picks the code an error answer carries (e.g. `"7001"`
 with status 400, `"2103"` with 420); `rejected` lists addresses the fake
 refuses as SparkPost refuses invalid recipients.
+
+With `webhook_url` set it posts each message's events as SparkPost's
+webhooks do: one batch, a JSON array of `{"msys": {"message_event" |
+"track_event" | "unsubscribe_event": {...}}}` with a unique `event_id` each
+and an `X-MessageSystems-Batch-ID` header, authorised with the webhook's
+basic-auth pair (`webhook_username` / `webhook_password`).
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
+import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mailgate.providers.fakes.base import FakeProvider
+from mailgate.providers.fakes.base import FakeProvider, Outcome, SignedPost
 
 MAX_CONTENT_BYTES = 20 * 1024 * 1024
 MAX_METADATA_BYTES = 10 * 1024
@@ -72,9 +82,19 @@ def _error(status: int, code: str | None = None, description: str | None = None)
 
 
 class FakeSparkPost(FakeProvider):
-    def __init__(self, api_key: str, *, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        keep: int | None = None,
+        webhook_username: str | None = None,
+        webhook_password: str | None = None,
+    ) -> None:
         super().__init__(keep=keep)
         self.api_key = api_key
+        self.webhook_username = webhook_username or f"sparkpost-{secrets.token_hex(4)}"
+        self.webhook_password = webhook_password or secrets.token_urlsafe(24)
+        """The webhook's `auth_credentials` (`auth_type` basic) the batches are posted with."""
         self.rejected: set[str] = set()
         """Recipient addresses refused at validation (the rest are accepted)."""
         self.account_readable = True
@@ -146,8 +166,33 @@ class FakeSparkPost(FakeProvider):
             ]
         if accepted:
             metadata = body.get("metadata") or {}
-            self.record(transmission_id, metadata.get("mailgate_id"), body)
+            refused = {e.lower() for e in self.rejected}
+            self.record(
+                transmission_id,
+                metadata.get("mailgate_id"),
+                body,
+                recipients=[
+                    r["address"]["email"]
+                    for r in recipients
+                    if r["address"]["email"].lower() not in refused
+                ],
+            )
         return JSONResponse(answer)
+
+    def signed_posts(self, happened: list[Outcome]) -> list[SignedPost]:
+        """One batch of all the outcomes, a second apart, as SparkPost's webhook posts it."""
+        if not happened:
+            return []
+        pair = f"{self.webhook_username}:{self.webhook_password}".encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Basic {base64.b64encode(pair).decode()}",
+            "User-Agent": "SparkPost",
+            "X-MessageSystems-Batch-ID": uuid.uuid4().hex,
+        }
+        start = time.time()
+        batch = [_event(outcome, start + i) for i, outcome in enumerate(happened)]
+        return [SignedPost(headers, json.dumps(batch).encode())]
 
 
 def _validate(body: Any) -> tuple[int, str, str] | None:
@@ -201,3 +246,118 @@ def _content_size(content: dict[str, Any]) -> int:
     for attachment in content.get("attachments") or []:
         size += len(attachment["data"]) * 3 // 4
     return size
+
+
+_AGENT = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 Chrome/124.0"
+_LINK = re.compile(r"""https?://[^\s"'<>]+""")
+_GEO = {"country": "US", "region": "MD", "city": "Columbia", "latitude": 39.1749}
+
+# (type, bounce_class, error_code, reason) for the outcomes that carry an SMTP reply.
+_FAILURES: dict[tuple[str, str | None], tuple[str, str, str, str]] = {
+    ("deferred", None): ("delay", "21", "421", "421 4.7.0 Try again later"),
+    ("bounced", "soft"): ("bounce", "22", "452", "452 4.2.2 Mailbox full"),
+    ("bounced", "hard"): (
+        "bounce",
+        "10",
+        "550",
+        "550 5.1.1 The email account that you tried to reach does not exist",
+    ),
+}
+
+
+def _event(outcome: Outcome, when: float) -> dict[str, Any]:
+    """`{"msys": {<class>: event}}` for one outcome, with SparkPost's fields."""
+    body = outcome.received.fields
+    content = body.get("content") or {}
+    sender = content.get("from")
+    sender_email = sender.get("email") if isinstance(sender, dict) else str(sender)
+    entry = next(
+        (
+            r
+            for r in body.get("recipients") or []
+            if r["address"]["email"].lower() == outcome.recipient.lower()
+        ),
+        {"address": {"email": outcome.recipient}},
+    )
+    event: dict[str, Any] = {
+        "event_id": str(secrets.randbelow(9 * 10**16) + 10**16),
+        "timestamp": str(int(when)),
+        "transmission_id": outcome.received.provider_message_id,
+        "message_id": secrets.token_hex(10),
+        "customer_id": "1",
+        "campaign_id": body.get("campaign_id") or "",
+        "rcpt_to": outcome.recipient.lower(),
+        "raw_rcpt_to": outcome.recipient,
+        "rcpt_meta": {**(body.get("metadata") or {}), **(entry.get("metadata") or {})},
+        "rcpt_tags": list(entry.get("tags") or []),
+        "friendly_from": sender_email,
+        "msg_from": f"msprvs1=bounce@{str(sender_email).rpartition('@')[2]}",
+        "subject": content.get("subject") or "",
+        "injection_time": datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds"),
+        "ip_pool": "default",
+        "sending_ip": "192.0.2.25",
+        "routing_domain": outcome.recipient.rpartition("@")[2].lower(),
+        "transactional": "1",
+    }
+    rcpt_type = _recipient_type(entry, content, outcome.recipient)
+    if rcpt_type is not None:
+        event["rcpt_type"] = rcpt_type
+    engaged = {"user_agent": _AGENT, "ip_address": "192.0.2.10", "geo_ip": _GEO}
+    event_class = "message_event"
+    match outcome.kind:
+        case "delivered":
+            event |= {"type": "delivery", "queue_time": "1200", "num_retries": "0"}
+        case "deferred" | "bounced":
+            key = (outcome.kind, None if outcome.kind == "deferred" else outcome.bounce or "hard")
+            kind, bounce_class, code, reason = _FAILURES[key]
+            event |= {
+                "type": kind,
+                "bounce_class": bounce_class,
+                "error_code": code,
+                "raw_reason": reason,
+                "reason": reason,
+                "num_retries": "1" if kind == "delay" else "0",
+            }
+        case "complained":
+            event |= {
+                "type": "spam_complaint",
+                "fbtype": "abuse",
+                "report_by": "server.mail.example.net",
+                "report_to": "abuse.example.com",
+            }
+        case "opened":
+            event_class = "track_event"
+            event |= {"type": "open", **engaged}
+        case "clicked":
+            event_class = "track_event"
+            link = _link(content.get("html"), content.get("text"))
+            event |= {
+                "type": "click",
+                "target_link_url": link,
+                "target_link_name": "link",
+                **engaged,
+            }
+        case "unsubscribed":
+            event_class = "unsubscribe_event"
+            event |= {"type": "list_unsubscribe", "mailfrom": event["msg_from"]}
+        case _:
+            raise ValueError(f"no SparkPost event for outcome {outcome.kind!r}")
+    return {"msys": {event_class: event}}
+
+
+def _recipient_type(entry: dict[str, Any], content: dict[str, Any], email: str) -> str | None:
+    """`cc` or `bcc` for a recipient not on the To line (SparkPost omits it for To)."""
+    header_to = str(entry["address"].get("header_to") or email).lower()
+    if email.lower() in header_to:
+        return None
+    cc = str((content.get("headers") or {}).get("Cc") or "").lower()
+    return "cc" if email.lower() in cc else "bcc"
+
+
+def _link(html: Any, text: Any) -> str:
+    """The first link in the message, as a recipient would click it."""
+    for body in (html, text):
+        found = _LINK.search(body) if isinstance(body, str) else None
+        if found:
+            return found.group(0)
+    return "https://example.com/"

@@ -1,0 +1,87 @@
+"""`mailgate suppressions`: list, add and remove suppressed addresses, on the store directly."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from mailgate.api.addresses import AddressError, normalize_email
+from mailgate.api.suppressions import suppression_json
+from mailgate.cli.common import (
+    ConfigOption,
+    JsonOption,
+    app,
+    out,
+    print_json,
+    settings_from,
+    with_store,
+)
+from mailgate.store import CLI, DEFAULT_TENANT
+
+suppressions_app = typer.Typer(
+    help="Suppressed addresses (mail to them is not sent): list, add, remove.",
+    no_args_is_help=True,
+)
+app.add_typer(suppressions_app, name="suppressions")
+
+TenantOption = Annotated[str, typer.Option("--tenant", help="Whose list (default: default).")]
+
+
+def _address(value: str) -> str:
+    try:
+        return normalize_email(value).lower()
+    except AddressError as exc:
+        raise typer.BadParameter(str(exc), param_hint="EMAIL") from None
+
+
+@suppressions_app.command("list")
+def suppressions_list(
+    tenant: TenantOption = DEFAULT_TENANT,
+    reason: Annotated[
+        str | None,
+        typer.Option(help="Only this reason: hard_bounce, complaint, unsubscribe, manual."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List suppressed addresses, newest first."""
+    settings = settings_from(config)
+    found = with_store(settings, lambda s: s.list_suppressions(tenant, limit=limit, reason=reason))
+    rows = [suppression_json(s) for s in found]
+    if as_json:
+        print_json({"data": rows, "next_cursor": None})
+        return
+    table = Table("email", "reason", "message", "since", box=box.SIMPLE_HEAD)
+    for r in rows:
+        table.add_row(r["email"], r["reason"], r["message_id"] or "", r["created_at"])
+    out.print(table)
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    email: Annotated[str, typer.Argument(metavar="EMAIL")],
+    tenant: TenantOption = DEFAULT_TENANT,
+    config: ConfigOption = None,
+) -> None:
+    """Suppress an address: mail to it is dropped before the send."""
+    settings = settings_from(config)
+    address = _address(email)
+    with_store(settings, lambda s: s.add_suppression(tenant, address, "manual", actor=CLI))
+    out.print(f"{address} suppressed for tenant {tenant}")
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(
+    email: Annotated[str, typer.Argument(metavar="EMAIL")],
+    tenant: TenantOption = DEFAULT_TENANT,
+    config: ConfigOption = None,
+) -> None:
+    """Let mail to an address through again."""
+    settings = settings_from(config)
+    address = _address(email)
+    with_store(settings, lambda s: s.remove_suppression(tenant, address, actor=CLI))
+    out.print(f"{address} removed from tenant {tenant}'s suppressions")

@@ -1,0 +1,1 @@
+"""What happens after `sent`: provider events in, suppressions, webhooks out, the event stream."""

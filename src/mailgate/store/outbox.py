@@ -1,0 +1,139 @@
+"""The webhook outbox: deliveries to tenants' endpoints, written with the change they report.
+
+`enqueue` runs inside the transaction that makes the change, so a change
+that commits has its deliveries and one that rolls back has none: a crash
+can delay a webhook, never lose it. It reads the tenant's enabled
+endpoints (one indexed query per call; none at all for a tenant without
+endpoints is the common, cheap case) and writes one delivery per endpoint
+that subscribes to the type. The worker's webhook sender takes them from
+there (`claim`, `finish`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from mailgate.message import rfc3339
+from mailgate.store.tables import webhook_deliveries, webhooks
+
+EVENT_TYPES = (
+    "message.accepted",
+    "message.sent",
+    "message.failed",
+    "message.delivered",
+    "message.deferred",
+    "message.bounced",
+    "message.complained",
+    "message.opened",
+    "message.clicked",
+    "message.unsubscribed",
+    "message.suppressed",
+    "webhook.test",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One thing that happened to a message, as its tenant's endpoints will hear it."""
+
+    tenant_id: str
+    message_id: str | None
+    type: str
+    status: str | None = None
+    recipient: str | None = None
+    event: dict[str, Any] | None = None
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+def payload(change: Change, at: datetime) -> dict[str, Any]:
+    """The body every endpoint gets: `{"type", "timestamp", "data": {...}}` (interface.md)."""
+    return {
+        "type": change.type,
+        "timestamp": rfc3339(at),
+        "data": {
+            "message_id": change.message_id,
+            "tenant_id": change.tenant_id,
+            "status": change.status,
+            "recipient": change.recipient,
+            "event": change.event or {},
+        },
+    }
+
+
+def endpoints_of(conn: Connection, tenants: Iterable[str]) -> list[Any]:
+    """The enabled endpoints of these tenants (usually none: one cheap indexed read)."""
+    return list(
+        conn.execute(
+            select(webhooks.c.id, webhooks.c.tenant_id, webhooks.c.events).where(
+                webhooks.c.tenant_id.in_(set(tenants)), webhooks.c.enabled.is_(True)
+            )
+        )
+    )
+
+
+def enqueue_lazily(
+    conn: Connection,
+    tenants: Iterable[str],
+    changes: Callable[[], Sequence[Change]],
+    *,
+    now: datetime,
+) -> int:
+    """`enqueue`, building the changes only when one of the tenants has an endpoint.
+
+    The accept and finish paths call this: a tenant without endpoints pays
+    one indexed read per group commit and nothing else.
+    """
+    endpoints = endpoints_of(conn, tenants)
+    if not endpoints:
+        return 0
+    return _write(conn, changes(), endpoints, now)
+
+
+def enqueue(conn: Connection, changes: Sequence[Change], *, now: datetime) -> int:
+    """Write a delivery for every enabled endpoint subscribed to each change; how many."""
+    if not changes:
+        return 0
+    endpoints = endpoints_of(conn, (c.tenant_id for c in changes))
+    if not endpoints:
+        return 0
+    return _write(conn, changes, endpoints, now)
+
+
+def _write(conn: Connection, changes: Sequence[Change], endpoints: list[Any], now: datetime) -> int:
+    rows: list[dict[str, Any]] = []
+    for change in changes:
+        event_id = new_event_id()
+        body = payload(change, now)
+        for endpoint in endpoints:
+            wanted = endpoint.events
+            if endpoint.tenant_id != change.tenant_id:
+                continue
+            if "*" not in wanted and change.type not in wanted:
+                continue
+            rows.append(
+                {
+                    "webhook_id": endpoint.id,
+                    "tenant_id": change.tenant_id,
+                    "message_id": change.message_id,
+                    "event_type": change.type,
+                    "event_id": event_id,
+                    "payload": body,
+                    "status": "pending",
+                    "tries": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+    if rows:
+        conn.execute(insert(webhook_deliveries), rows)
+    return len(rows)

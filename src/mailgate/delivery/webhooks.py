@@ -131,6 +131,7 @@ class WebhookSender:
             max_age=self.settings.max_age_seconds,
             disable_after=self.settings.disable_after_seconds,
         )
+        self._batch = max(1, self.settings.concurrency // 4)
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -161,7 +162,8 @@ class WebhookSender:
                 await self._flush()
                 free = self.settings.concurrency - len(self._inflight)
                 claimed: list[Due] = []
-                if free > 0:
+                # Claim in batches: a claim per freed slot would cost a query each.
+                if free >= self._batch or (free > 0 and not self._inflight):
                     try:
                         claimed = await self.store.claim_webhook_deliveries(
                             self.owner, limit=free, lease_seconds=self.lease_seconds

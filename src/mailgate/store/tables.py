@@ -355,7 +355,13 @@ webhook_deliveries = Table(
     ),
     Index("ix_webhook_deliveries_webhook_id_message_id_id", "webhook_id", "message_id", "id"),
     Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
-    Index("ix_webhook_deliveries_status_lease_until", "status", "lease_until"),
+    # The few in flight, for finding those whose lease ran out.
+    Index(
+        "ix_webhook_deliveries_leased",
+        "lease_until",
+        sqlite_where=text("status = 'delivering'"),
+        postgresql_where=text("status = 'delivering'"),
+    ),
 )
 
 webhook_attempts = Table(

@@ -116,10 +116,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_deliveries_webhook_id_id", "webhook_deliveries", ["webhook_id", "id"]
     )
+    leased = sa.text("status = 'delivering'")
     op.create_index(
-        "ix_webhook_deliveries_status_lease_until",
+        "ix_webhook_deliveries_leased",
         "webhook_deliveries",
-        ["status", "lease_until"],
+        ["lease_until"],
+        sqlite_where=leased,
+        postgresql_where=leased,
     )
     op.create_table(
         "webhook_attempts",

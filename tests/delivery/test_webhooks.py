@@ -7,8 +7,10 @@ checked with the `standardwebhooks` package, an independent verifier.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +247,20 @@ async def test_ten_thousand_events_to_one_endpoint_none_lost(run: Run, receiver:
     assert {(e["type"], e["data"]["message_id"]) for e in events} == {
         (kind, i) for i in ids for kind in ("message.accepted", "message.sent")
     }
+
+
+async def test_the_verification_example_in_the_docs(run: Run, receiver: Receiver) -> None:
+    """docs/events.md's Python `verify` accepts our deliveries and refuses a changed one."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    code = re.search(r"```python\n(import base64.*?)```", text, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(code[1], namespace)
+    h = await run(webhooks=FAST)
+    endpoint = await h.store.create_webhook("default", receiver.url, ["webhook.test"])
+    await h.store.test_webhook("default", endpoint.id)
+    await eventually(lambda: len(receiver.got) == 1, timeout=10)
+    [(headers, body)] = receiver.got
+    namespace["verify"](endpoint.secret, headers, body)
+    with pytest.raises(ValueError, match="bad signature"):
+        namespace["verify"](endpoint.secret, headers, body + b" ")

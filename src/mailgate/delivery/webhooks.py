@@ -173,7 +173,7 @@ class WebhookSender:
                 for due in claimed:
                     task = asyncio.create_task(self._deliver(due))
                     self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    task.add_done_callback(self._finished)
                 if claimed and len(claimed) == free:
                     await asyncio.sleep(0)  # more may be due: go round at once
                     continue
@@ -187,6 +187,11 @@ class WebhookSender:
                 await self._flush()
             if self._session is not None:
                 await self._session.close()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # The wake-up comes after the slot is free, so the loop sees it free.
+        self._inflight.discard(task)
+        self._wake.set()
 
     async def _flush(self) -> None:
         if not self._done:
@@ -244,7 +249,6 @@ class WebhookSender:
                 error=error,
             )
         )
-        self._wake.set()
 
 
 def _is_literal(host: str) -> bool:

@@ -78,6 +78,12 @@ _MARKS: dict[str, Callable[[int], str]] = {
 """The driver's placeholder for the i-th parameter, by its paramstyle."""
 
 
+def placeholders(conn: Connection, n: int) -> list[str]:
+    """The driver's own placeholders for `n` parameters (for plain SQL on a hot path)."""
+    mark = _MARKS[conn.dialect.paramstyle]
+    return [mark(i) for i in range(1, n + 1)]
+
+
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
     id: str
@@ -94,7 +100,7 @@ def endpoints_of(conn: Connection, tenants: Iterable[str]) -> list[_Endpoint]:
     instructions (docs/performance.md).
     """
     wanted = sorted(set(tenants))
-    marks = ", ".join(_MARKS[conn.dialect.paramstyle](i) for i in range(1, len(wanted) + 1))
+    marks = ", ".join(placeholders(conn, len(wanted)))
     enabled = "true" if conn.dialect.name == "postgresql" else "1"
     rows = conn.exec_driver_sql(
         f"SELECT id, tenant_id, events FROM webhooks "

@@ -287,6 +287,8 @@ class Store:
     async def claim_webhook_deliveries(
         self, owner: str, *, limit: int, lease_seconds: float
     ) -> list[hooks.Due]:
+        if not await self.db.read(hooks.any_work):
+            return []
         now = utcnow()
         return await self.db.write(
             hooks.claim,

@@ -312,6 +312,15 @@ def retry(
 # --- the sender's side ---------------------------------------------------------------
 
 
+def any_work(conn: Connection) -> bool:
+    """Whether any delivery is pending or in flight: a read, so an idle sender takes no lock."""
+    found = (
+        conn.exec_driver_sql(f"SELECT 1 FROM webhook_deliveries WHERE {_DUE} LIMIT 1").first()
+        or conn.exec_driver_sql(f"SELECT 1 FROM webhook_deliveries WHERE {_LEASED} LIMIT 1").first()
+    )
+    return found is not None
+
+
 def claim(
     conn: Connection, *, owner: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[Due]:

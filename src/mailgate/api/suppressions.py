@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 
+from mailgate.api.addresses import AddressError, parse_address
 from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
 from mailgate.api.messages import ERRORS, TenantQuery
@@ -68,8 +69,8 @@ def _after(cursor: str) -> tuple[datetime, str]:
 
 def _address(value: str, field: str) -> str:
     try:
-        return SuppressionIn.model_validate({"email": value}).email.email.lower()
-    except ValueError:
+        return parse_address(value).email.lower()
+    except AddressError:
         raise InvalidRequest(f"{value!r} is not an email address", field=field) from None
 
 

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from mailgate.config import HttpProviderSettings
+
 MAX_SKEW_SECONDS = 300.0
 """A signed timestamp further than this from now (either way) is refused."""
 
@@ -182,6 +184,36 @@ def basic_auth_matches(request: RawWebhook, username: str, password: str) -> boo
         return False
     expected = f"{username}:{password}".encode()
     return hmac.compare_digest(given, expected)
+
+
+class BasicAuthWebhook(EventWebhook):
+    """A provider that proves itself with an HTTP basic-auth pair (Postmark, Mailjet,
+    SparkPost, Brevo): `webhook_username` and `webhook_password`, both required."""
+
+    def __init__(self, settings: HttpProviderSettings, **_options: Any) -> None:
+        self.name = settings.name
+        self._username = settings.webhook_username or None
+        password = settings.webhook_password
+        self._password = (password.get_secret_value() or None) if password is not None else None
+
+    @property
+    def configured(self) -> bool:
+        return self._username is not None and self._password is not None
+
+    async def verify(self, request: RawWebhook) -> None:
+        if self._username is None or self._password is None:
+            raise WebhookRejected(
+                f"{self.name}: webhook_username and webhook_password are not both set"
+            )
+        header = request.header("authorization")
+        if not header:
+            raise WebhookRejected("no Authorization header")
+        if header.partition(" ")[0].lower() != "basic":
+            raise WebhookRejected("Authorization is not Basic")
+        if not basic_auth_matches(request, self._username, self._password):
+            raise WebhookRejected(
+                "basic-auth pair does not match webhook_username/webhook_password"
+            )
 
 
 def from_unix(value: float | int | str) -> datetime:

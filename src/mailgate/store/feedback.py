@@ -137,10 +137,7 @@ def _apply(
     detail: dict[str, Any] = {"provider": provider}
     if recipient is not None:
         detail["recipient"] = recipient
-    if item.kind is EventKind.BOUNCED:
-        detail["kind"] = item.bounce or "hard"
-    if item.reason:
-        detail["reason"] = item.reason
+    detail.update(_what_happened(item))
     detail.update({k: v for k, v in item.detail.items() if k not in detail})
     detail["provider_at"] = rfc3339(item.at)
     conn.execute(
@@ -175,6 +172,16 @@ def _apply(
     )
 
 
+def _what_happened(item: InboundEvent) -> dict[str, Any]:
+    """A bounce's kind and the provider's reason, as events and recipients show them."""
+    detail: dict[str, Any] = {}
+    if item.kind is EventKind.BOUNCED:
+        detail["kind"] = item.bounce or "hard"
+    if item.reason:
+        detail["reason"] = item.reason
+    return detail
+
+
 def _webhook_type(kind: EventKind) -> str:
     return "deferred" if kind is EventKind.DEFERRED else kind.value
 
@@ -192,11 +199,7 @@ def _move_recipient(
     current = row.status or "sent"
     if RANK[state] <= RANK[current] and not (state == current == "deferred"):
         return
-    detail: dict[str, Any] = {}
-    if item.kind is EventKind.BOUNCED:
-        detail["kind"] = item.bounce or "hard"
-    if item.reason:
-        detail["reason"] = item.reason
+    detail = _what_happened(item)
     conn.execute(
         update(message_recipients)
         .where(message_recipients.c.message_id == message_id, message_recipients.c.email == email)

@@ -30,6 +30,7 @@ from mailgate.providers.webhooks.postmark import PostmarkWebhook
 from mailgate.serving import serve_asgi
 from tests.providers.cases.postmark import PostmarkCase, open_case
 from tests.providers.support import TIMEOUT, email
+from tests.providers.webhooks.support import basic
 
 URL = "https://gateway.example/v1/providers/pm/webhook"
 USER = "postmark-hooks"
@@ -135,10 +136,6 @@ def settings(username: str | None = USER, password: str | None = PASSWORD) -> Po
         webhook_username=username,
         webhook_password=password,
     )
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def request(body: Any, *, authorization: str | None = None) -> RawWebhook:

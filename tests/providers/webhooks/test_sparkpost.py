@@ -22,7 +22,6 @@ from mailgate.events.inbound import (
     RawWebhook,
     WebhookRejected,
 )
-from mailgate.message import Address
 from mailgate.providers.fakes.base import Outcome, outcomes
 from mailgate.providers.fakes.sparkpost import FakeSparkPost
 from mailgate.providers.sparkpost import SparkPostProvider
@@ -31,6 +30,7 @@ from mailgate.providers.webhooks.sparkpost import SparkPostWebhook
 from mailgate.serving import serve_asgi
 from tests.providers.cases.sparkpost import SparkPostCase, open_case
 from tests.providers.support import TIMEOUT, email
+from tests.providers.webhooks.support import EVERY, EXPECTED, HTML, RECIPIENTS, basic
 
 URL = "https://gateway.example/v1/providers/sp/webhook"
 USER = "sparkpost-hooks"
@@ -99,10 +99,6 @@ def settings(username: str | None = USER, password: str | None = PASSWORD) -> Sp
         webhook_username=username,
         webhook_password=password,
     )
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def request(body: Any, *, authorization: str | None = None) -> RawWebhook:
@@ -275,28 +271,6 @@ async def test_a_body_sparkpost_does_not_send_is_bad(body: Any) -> None:
 
 
 # --- the fake's events ---------------------------------------------------------------
-
-RECIPIENTS = {
-    "to": (Address("bounce@example.org"), Address("softbounce@example.org")),
-    "cc": (Address("complaint@example.org"), Address("open@example.org")),
-    "bcc": (Address("unsubscribe@example.org"), Address("defer@example.org")),
-}
-EVERY = [a.email for a in (*RECIPIENTS["to"], *RECIPIENTS["cc"], *RECIPIENTS["bcc"])]
-EXPECTED = [
-    (EventKind.BOUNCED, "bounce@example.org", "hard"),
-    (EventKind.DEFERRED, "softbounce@example.org", None),
-    (EventKind.BOUNCED, "softbounce@example.org", "soft"),
-    (EventKind.DELIVERED, "complaint@example.org", None),
-    (EventKind.COMPLAINED, "complaint@example.org", None),
-    (EventKind.DELIVERED, "open@example.org", None),
-    (EventKind.OPENED, "open@example.org", None),
-    (EventKind.CLICKED, "open@example.org", None),
-    (EventKind.DELIVERED, "unsubscribe@example.org", None),
-    (EventKind.UNSUBSCRIBED, "unsubscribe@example.org", None),
-    (EventKind.DEFERRED, "defer@example.org", None),
-    (EventKind.DELIVERED, "defer@example.org", None),
-]
-HTML = '<p><a href="https://example.com/welcome">start</a></p>'
 
 
 @pytest.fixture

@@ -28,18 +28,16 @@ import json
 from datetime import datetime
 from typing import Any
 
-from mailgate.config import BrevoSettings
 from mailgate.events.inbound import (
     BadWebhook,
+    BasicAuthWebhook,
     EventKind,
-    EventWebhook,
     InboundEvent,
     Parsed,
     RawWebhook,
     digest,
     from_unix,
 )
-from mailgate.providers.webhooks.postmark import check_basic_auth
 
 KINDS: dict[str, EventKind] = {
     "delivered": EventKind.DELIVERED,
@@ -63,21 +61,8 @@ MILLISECONDS_FROM = 10**11
 (as some of Brevo's own examples show it): 10^11 s is in the year 5138."""
 
 
-class BrevoWebhook(EventWebhook):
+class BrevoWebhook(BasicAuthWebhook):
     provider_type = "brevo"
-
-    def __init__(self, settings: BrevoSettings, **options: Any) -> None:
-        self.name = settings.name
-        self._username = settings.webhook_username or None
-        password = settings.webhook_password
-        self._password = (password.get_secret_value() or None) if password is not None else None
-
-    @property
-    def configured(self) -> bool:
-        return self._username is not None and self._password is not None
-
-    async def verify(self, request: RawWebhook) -> None:
-        check_basic_auth(request, self.name, self._username, self._password)
 
     async def parse(self, request: RawWebhook) -> Parsed:
         data = request.json()

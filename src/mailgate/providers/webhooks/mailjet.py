@@ -25,18 +25,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailgate.config import MailjetSettings
 from mailgate.events.inbound import (
     BadWebhook,
+    BasicAuthWebhook,
     EventKind,
-    EventWebhook,
     InboundEvent,
     Parsed,
     RawWebhook,
     digest,
     from_unix,
 )
-from mailgate.providers.webhooks.postmark import check_basic_auth
 
 KINDS: dict[str, EventKind] = {
     "sent": EventKind.DELIVERED,
@@ -51,21 +49,8 @@ GREYLISTED = "greylisted"
 """The bounce `error` of a temporary refusal Mailjet retries on its own."""
 
 
-class MailjetWebhook(EventWebhook):
+class MailjetWebhook(BasicAuthWebhook):
     provider_type = "mailjet"
-
-    def __init__(self, settings: MailjetSettings, **options: Any) -> None:
-        self.name = settings.name
-        self._username = settings.webhook_username or None
-        password = settings.webhook_password
-        self._password = (password.get_secret_value() or None) if password is not None else None
-
-    @property
-    def configured(self) -> bool:
-        return self._username is not None and self._password is not None
-
-    async def verify(self, request: RawWebhook) -> None:
-        check_basic_auth(request, self.name, self._username, self._password)
 
     async def parse(self, request: RawWebhook) -> Parsed:
         data = request.json()

@@ -25,16 +25,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mailgate.config import PostmarkSettings
 from mailgate.events.inbound import (
     BadWebhook,
+    BasicAuthWebhook,
     EventKind,
-    EventWebhook,
     InboundEvent,
     Parsed,
     RawWebhook,
-    WebhookRejected,
-    basic_auth_matches,
     digest,
     from_iso,
     from_unix,
@@ -61,21 +58,8 @@ _TIME_FIELDS = {
 }
 
 
-class PostmarkWebhook(EventWebhook):
+class PostmarkWebhook(BasicAuthWebhook):
     provider_type = "postmark"
-
-    def __init__(self, settings: PostmarkSettings, **options: Any) -> None:
-        self.name = settings.name
-        self._username = settings.webhook_username or None
-        password = settings.webhook_password
-        self._password = (password.get_secret_value() or None) if password is not None else None
-
-    @property
-    def configured(self) -> bool:
-        return self._username is not None and self._password is not None
-
-    async def verify(self, request: RawWebhook) -> None:
-        check_basic_auth(request, self.name, self._username, self._password)
 
     async def parse(self, request: RawWebhook) -> Parsed:
         raw = request.json()
@@ -89,21 +73,6 @@ class PostmarkWebhook(EventWebhook):
             return Parsed([])
         event = _event(record_type, raw, request.received_at)
         return Parsed([event] if event is not None else [])
-
-
-def check_basic_auth(
-    request: RawWebhook, name: str, username: str | None, password: str | None
-) -> None:
-    """`WebhookRejected` unless the request carries exactly this basic-auth pair."""
-    if username is None or password is None:
-        raise WebhookRejected(f"{name}: webhook_username and webhook_password are not both set")
-    header = request.header("authorization")
-    if not header:
-        raise WebhookRejected("no Authorization header")
-    if header.partition(" ")[0].lower() != "basic":
-        raise WebhookRejected("Authorization is not Basic")
-    if not basic_auth_matches(request, username, password):
-        raise WebhookRejected("basic-auth pair does not match webhook_username/webhook_password")
 
 
 def _event(record_type: str, raw: dict[str, Any], received_at: float) -> InboundEvent | None:

@@ -25,11 +25,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from mailgate.config import SparkPostSettings
 from mailgate.events.inbound import (
     BadWebhook,
+    BasicAuthWebhook,
     EventKind,
-    EventWebhook,
     InboundEvent,
     Parsed,
     RawWebhook,
@@ -37,7 +36,6 @@ from mailgate.events.inbound import (
     from_iso,
     from_unix,
 )
-from mailgate.providers.webhooks.postmark import check_basic_auth
 
 KINDS: dict[str, EventKind] = {
     "delivery": EventKind.DELIVERED,
@@ -62,21 +60,8 @@ NOT_FAILURES = frozenset({"60", "80"})
 """Auto-reply and subscribe request: the message arrived; not a bounce."""
 
 
-class SparkPostWebhook(EventWebhook):
+class SparkPostWebhook(BasicAuthWebhook):
     provider_type = "sparkpost"
-
-    def __init__(self, settings: SparkPostSettings, **options: Any) -> None:
-        self.name = settings.name
-        self._username = settings.webhook_username or None
-        password = settings.webhook_password
-        self._password = (password.get_secret_value() or None) if password is not None else None
-
-    @property
-    def configured(self) -> bool:
-        return self._username is not None and self._password is not None
-
-    async def verify(self, request: RawWebhook) -> None:
-        check_basic_auth(request, self.name, self._username, self._password)
 
     async def parse(self, request: RawWebhook) -> Parsed:
         batch = request.json()

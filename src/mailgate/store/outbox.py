@@ -85,13 +85,36 @@ def placeholders(conn: Connection, n: int) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Endpoint:
+class Endpoint:
     id: str
     tenant_id: str
     events: list[str]
 
 
-def endpoints_of(conn: Connection, tenants: Iterable[str]) -> list[_Endpoint]:
+def endpoints_sql(conn: Connection, marks: Sequence[str], *, kind: int | None = None) -> str:
+    """Plain SQL for the enabled endpoints of as many tenants as `marks` holds.
+
+    With `kind`, each row starts with that number, so the query can be one
+    part of a `UNION ALL` (the worker's finish reads this and more at once);
+    `events` is then read as text, which the other parts' NULLs can match.
+    """
+    enabled = "true" if conn.dialect.name == "postgresql" else "1"
+    lead, events = ("", "events") if kind is None else (f"{kind}, ", "CAST(events AS TEXT)")
+    return (
+        f"SELECT {lead}id, tenant_id, {events} FROM webhooks "
+        f"WHERE tenant_id IN ({', '.join(marks)}) AND enabled = {enabled}"
+    )
+
+
+def endpoint_of(row: Sequence[Any]) -> Endpoint:
+    """An endpoint from an `endpoints_sql` row (`events` is JSON text on SQLite)."""
+    events = row[2]
+    return Endpoint(
+        row[0], row[1], json.loads(events) if isinstance(events, str | bytes) else events
+    )
+
+
+def endpoints_of(conn: Connection, tenants: Iterable[str]) -> list[Endpoint]:
     """The enabled endpoints of these tenants (usually none: one cheap indexed read).
 
     Every group commit of accepts and finishes asks this, so it is plain SQL
@@ -100,17 +123,10 @@ def endpoints_of(conn: Connection, tenants: Iterable[str]) -> list[_Endpoint]:
     instructions (docs/performance.md).
     """
     wanted = sorted(set(tenants))
-    marks = ", ".join(placeholders(conn, len(wanted)))
-    enabled = "true" if conn.dialect.name == "postgresql" else "1"
     rows = conn.exec_driver_sql(
-        f"SELECT id, tenant_id, events FROM webhooks "
-        f"WHERE tenant_id IN ({marks}) AND enabled = {enabled}",
-        tuple(wanted),
+        endpoints_sql(conn, placeholders(conn, len(wanted))), tuple(wanted)
     ).all()
-    return [
-        _Endpoint(r[0], r[1], json.loads(r[2]) if isinstance(r[2], str | bytes) else r[2])
-        for r in rows
-    ]
+    return [endpoint_of(r) for r in rows]
 
 
 def enqueue_lazily(
@@ -128,7 +144,7 @@ def enqueue_lazily(
     endpoints = endpoints_of(conn, tenants)
     if not endpoints:
         return 0
-    return _write(conn, changes(), endpoints, now)
+    return write(conn, changes(), endpoints, now)
 
 
 def enqueue(conn: Connection, changes: Sequence[Change], *, now: datetime) -> int:
@@ -138,11 +154,11 @@ def enqueue(conn: Connection, changes: Sequence[Change], *, now: datetime) -> in
     endpoints = endpoints_of(conn, (c.tenant_id for c in changes))
     if not endpoints:
         return 0
-    return _write(conn, changes, endpoints, now)
+    return write(conn, changes, endpoints, now)
 
 
-def _write(
-    conn: Connection, changes: Sequence[Change], endpoints: list[_Endpoint], now: datetime
+def write(
+    conn: Connection, changes: Sequence[Change], endpoints: list[Endpoint], now: datetime
 ) -> int:
     rows: list[dict[str, Any]] = []
     for change in changes:

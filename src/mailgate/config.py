@@ -55,6 +55,13 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ConsoleSettings(_Section):
+    enabled: bool = True
+    """The web console at `/ui` (it uses the same keys, scopes and store as the API)."""
+    session_minutes: int = Field(default=720, ge=1, le=60 * 24 * 30)
+    """How long a console login lasts; logging out ends it at once."""
+
+
 class DatabaseSettings(_Section):
     url: str = DEFAULT_DATABASE_URL
     pool_size: int = Field(default=10, ge=1)
@@ -302,6 +309,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
     webhooks: WebhookSettings = WebhookSettings()
+    console: ConsoleSettings = ConsoleSettings()
     providers: list[ProviderSettings] = []
 
     @field_validator("providers")

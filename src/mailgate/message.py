@@ -212,3 +212,11 @@ def new_id(prefix: str) -> str:
     """
     raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
     return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"
+
+
+def first_id_at(prefix: str, at: datetime) -> str:
+    """The smallest id `new_id` can make at `at`: ids made at `at` or later sort at or
+    after it, so a time range is an id range (and walks the id indexes)."""
+    millis = max(0, int(at.timestamp() * 1000))
+    raw = min(millis, 2**48 - 1).to_bytes(6, "big") + bytes(10)
+    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"

@@ -33,6 +33,7 @@ from tests.helpers import message, new_message, tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = {
+    "/",  # a redirect to the console
     "/healthz",
     "/readyz",
     "/metrics",
@@ -132,6 +133,11 @@ def _on(
     return build
 
 
+async def _bulk_retry(world: World, owner: str) -> Request:
+    await world.failed(owner)
+    return "/v1/messages/retry", {"tenant": world.tenants[owner]}, None
+
+
 async def _new_key(world: World, owner: str) -> Request:
     return "/v1/keys", {"name": "new", "scopes": ["send"], "tenant_id": world.tenants[owner]}, None
 
@@ -199,6 +205,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/v1/messages/{message_id}/cancel"): Rule(
         MANAGE, 200, _on(World.queued, "/v1/messages/{}/cancel"), other=404
     ),
+    ("POST", "/v1/messages/retry"): Rule(MANAGE, 200, _bulk_retry, other=403),
     ("POST", "/v1/messages/{message_id}/retry"): Rule(
         MANAGE, 200, _on(World.failed, "/v1/messages/{}/retry"), other=404
     ),
@@ -278,6 +285,8 @@ def routes_of(settings: Settings, store: Store) -> tuple[set[tuple[str, str]], s
     for context in iter_route_contexts(app.routes):
         path = context.path or ""
         route = context.original_route
+        if path.startswith("/ui"):
+            continue  # the console: sessions, not keys (tests/api/test_console.py)
         if isinstance(route, APIRoute) and path.startswith("/v1"):
             if (route.openapi_extra or {}).get("x-mailgate-scope") == "provider-signature":
                 assert {(m, path) for m in context.methods or ()} <= SIGNED, path

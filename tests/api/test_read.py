@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -218,5 +219,92 @@ async def test_values_no_store_could_keep_are_refused_at_the_door(
     client: httpx.AsyncClient, path: str, field: str
 ) -> None:
     response = await client.get(path)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["field"] == field
+
+
+async def _fail(store: Store, *ids: str) -> None:
+    for message_id in ids:
+        [claimed] = await store.claim("w", limit=1, lease_seconds=30)
+        assert claimed.id == message_id
+        await store.finish(
+            Finish(
+                message_id=message_id,
+                lease_owner="w",
+                status=Status.FAILED,
+                rounds=1,
+                provider="primary" if message_id != ids[-1] else "backup",
+                last_error="boom",
+            )
+        )
+
+
+async def test_bulk_retry_counts_first_then_retries_in_one_request(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    ids = [await send(client, tags=["receipts"]) for _ in range(3)]
+    other = await send(client, tags=["news"])
+    await _fail(store, *ids)
+    waiting = await send(client, tags=["receipts"])  # queued, not failed: never retried
+
+    dry = await client.post("/v1/messages/retry", json={"tag": "receipts", "dry_run": True})
+    assert dry.status_code == 200 and dry.json() == {"matched": 3, "retried": 0}
+    assert (await client.get(f"/v1/messages/{ids[0]}")).json()["status"] == "failed"
+    by_provider = await client.post(
+        "/v1/messages/retry", json={"provider": "backup", "dry_run": True}
+    )
+    assert by_provider.json()["matched"] == 1
+
+    done = await client.post("/v1/messages/retry", json={"status": "failed", "tag": "receipts"})
+    assert done.json() == {"matched": 3, "retried": 3}
+    for message_id in ids:
+        view = (await client.get(f"/v1/messages/{message_id}")).json()
+        assert view["status"] == "queued" and view["events"][-1]["type"] == "retried"
+    assert (await client.get(f"/v1/messages/{other}")).json()["status"] == "queued"
+    assert (await client.get(f"/v1/messages/{waiting}")).json()["events"][-1]["type"] != "retried"
+    again = await client.post("/v1/messages/retry", json={"tag": "receipts"})
+    assert again.json() == {"matched": 0, "retried": 0}
+
+    [record, *_] = (await client.get("/v1/audit")).json()["data"]
+    assert record["action"] == "messages.retry" and record["target"] == "bulk"
+    assert record["detail"] == {"status": "failed", "tag": "receipts", "matched": 3, "retried": 3}
+
+
+async def test_bulk_retry_and_list_by_time_range(client: httpx.AsyncClient, store: Store) -> None:
+    early = await send(client)
+    await asyncio.sleep(0.01)
+    middle_from = datetime.now(UTC)
+    middle = await send(client)
+    await asyncio.sleep(0.01)
+    late_from = datetime.now(UTC)
+    late = await send(client)
+    await _fail(store, early, middle, late)
+    window = {"since": middle_from.isoformat(), "until": late_from.isoformat()}
+    listed = (await client.get("/v1/messages", params=window)).json()["data"]
+    assert [m["id"] for m in listed] == [middle]
+    since = (await client.get("/v1/messages", params={"since": middle_from.isoformat()})).json()
+    assert [m["id"] for m in since["data"]] == [late, middle]
+    by_provider = (await client.get("/v1/messages", params={"provider": "backup"})).json()
+    assert [m["id"] for m in by_provider["data"]] == [late]
+    done = await client.post("/v1/messages/retry", json=window)
+    assert done.json() == {"matched": 1, "retried": 1}
+    assert (await client.get(f"/v1/messages/{middle}")).json()["status"] == "queued"
+    assert (await client.get(f"/v1/messages/{early}")).json()["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"status": "sent"}, "status"),
+        ({"since": "2026-01-01T00:00:00"}, "since"),
+        ({"tag": "a\nb"}, "tag"),
+        ({"dry_run": "maybe"}, "dry_run"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_bulk_retry_refuses_bad_filters(
+    client: httpx.AsyncClient, body: dict[str, str], field: str
+) -> None:
+    response = await client.post("/v1/messages/retry", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["field"] == field

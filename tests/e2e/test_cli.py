@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,26 @@ def test_webhooks(config: Path) -> None:
     assert code == 0 and "message.bounced" in out
     code, _, err = mailgate("webhooks", "test", "wh_nope", *cfg)
     assert code == 1 and "no webhook" in err
+
+
+def test_retry_failed_mail_in_bulk(config: Path, tmp_path: Path) -> None:
+    cfg = ("--config", str(config))
+    ids = []
+    for tag in ("receipts", "receipts", "news"):
+        code, out, _ = mailgate("send", "--to", "a@example.org", "-s", "S", "--text", "t",
+                                "--tag", tag, "--json", *cfg)  # fmt: skip
+        ids.append(json.loads(out)["id"])
+    with sqlite3.connect(tmp_path / "mailgate.db") as db:
+        db.execute("UPDATE messages SET status = 'failed' WHERE id IN (?, ?)", ids[1:])
+    code, out, _ = mailgate("retry", "--tag", "receipts", "--since", "1h", "--dry-run", *cfg)
+    assert code == 0 and "1 failed messages match; nothing changed" in out
+    code, out, _ = mailgate("retry", "--status", "failed", "--json", *cfg)
+    assert code == 0 and json.loads(out) == {"matched": 2, "retried": 2}
+    code, out, _ = mailgate("status", ids[2], "--json", *cfg)
+    assert json.loads(out)["events"][-1]["type"] == "retried"
+    code, out, _ = mailgate("retry", *cfg)
+    assert code == 0 and "0 of 0 matching messages queued again" in out
+    assert mailgate("retry", "--status", "sent", *cfg)[0] == 2
+    assert mailgate("retry", "--since", "yesterday", *cfg)[0] == 2
+    code, _, err = mailgate("retry", "--tenant", "nobody", *cfg)
+    assert code == 1 and "no tenant" in err

@@ -29,6 +29,7 @@ from mailgate.api.suppressions import suppressions_router
 from mailgate.api.tenants import tenants_router
 from mailgate.api.webhooks import webhooks_router
 from mailgate.config import Settings
+from mailgate.console import install_console
 from mailgate.metrics import Metrics
 from mailgate.store import Store
 
@@ -78,6 +79,8 @@ def create_app(
     ):
         app.include_router(declare_scopes(router))
     app.include_router(ops_router(ctx))
+    if settings.console.enabled:
+        install_console(app, ctx)
     app.add_middleware(RequestLimits, settings=settings.server)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

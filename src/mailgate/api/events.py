@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import math
-import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -38,7 +37,7 @@ from pydantic import BaseModel
 
 from mailgate.api.auth import Caller
 from mailgate.api.context import ApiContext
-from mailgate.api.messages import ERRORS, TenantQuery
+from mailgate.api.messages import ERRORS, MESSAGE_ID, TenantQuery
 from mailgate.errors import InvalidRequest, StoreUnavailable
 from mailgate.message import EventType, rfc3339
 from mailgate.store import Scope
@@ -54,8 +53,6 @@ RETRY_MILLISECONDS = 2000
 """The reconnection delay the stream asks `EventSource` clients to use."""
 MAX_EVENT_ID = 2**63 - 1
 
-_MESSAGE_ID = re.compile(r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
-"""A message id, as `mailgate.api.messages` checks it."""
 
 _closing: set[asyncio.Event] = set()
 """One per open stream: set to end it."""
@@ -107,7 +104,7 @@ def server_sent(event: LoggedEvent) -> str:
 
 
 def _message_id(value: str | None) -> str | None:
-    if value is not None and not _MESSAGE_ID.match(value):
+    if value is not None and not MESSAGE_ID.match(value):
         raise InvalidRequest(f"{value!r} is not a message id", field="message_id")
     return value
 
@@ -209,7 +206,7 @@ def events_router(ctx: ApiContext) -> APIRouter:
         # Started before answering, so a store that is down is a 503, not an empty stream.
         tail = await ctx.store.follow_events(filters, after=resume if resume is not None else after)
         return StreamingResponse(
-            _serve(request, tail, heartbeat=heartbeat, max_seconds=max_seconds),
+            serve_stream(request, tail, heartbeat=heartbeat, max_seconds=max_seconds),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -217,7 +214,7 @@ def events_router(ctx: ApiContext) -> APIRouter:
     return router
 
 
-async def _serve(
+async def serve_stream(
     request: Request, tail: EventTail, *, heartbeat: float, max_seconds: float | None
 ) -> AsyncIterator[str]:
     """The stream's body: events as they settle, keepalives in the silences."""

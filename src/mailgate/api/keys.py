@@ -17,15 +17,27 @@ from mailgate.api.messages import ERRORS, TenantQuery
 from mailgate.api.render import key_json, tenant_json
 from mailgate.api.tenant_schemas import KeyCreated, KeyIn, KeyList, KeyOut, MeOut
 from mailgate.errors import Forbidden, InvalidRequest, NotFound
-from mailgate.store import Scope
+from mailgate.store import ApiKey, Scope
 
-_KEY_ID = re.compile(r"^key_[0-9A-HJKMNP-TV-Z]{26}$")
+KEY_ID = re.compile(r"^key_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
 def _check_key_id(key_id: str, field: str = "id") -> str:
-    if not _KEY_ID.match(key_id):
+    if not KEY_ID.match(key_id):
         raise InvalidRequest(f"{key_id!r} is not a key id", field=field)
     return key_id
+
+
+async def make_key(ctx: ApiContext, caller: Caller, body: KeyIn) -> tuple[ApiKey, str]:
+    """A new key as `caller` may make it (the API and the console both call this)."""
+    tenant_id = body.tenant_id or caller.tenant.id
+    if tenant_id != caller.tenant.id and not caller.is_admin:
+        raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
+    if Scope.ADMIN in body.scopes and not caller.is_admin:
+        raise Forbidden("only an admin key may make admin keys", field="scopes")
+    return await ctx.store.create_key(
+        body.name, tenant_id=tenant_id, scopes=body.scopes, actor=caller.actor
+    )
 
 
 def keys_router(ctx: ApiContext) -> APIRouter:
@@ -40,14 +52,7 @@ def keys_router(ctx: ApiContext) -> APIRouter:
         responses={201: {"model": KeyCreated}, **ERRORS},
     )
     async def create_key(body: KeyIn, caller: Manager) -> JSONResponse:
-        tenant_id = body.tenant_id or caller.tenant.id
-        if tenant_id != caller.tenant.id and not caller.is_admin:
-            raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
-        if Scope.ADMIN in body.scopes and not caller.is_admin:
-            raise Forbidden("only an admin key may make admin keys", field="scopes")
-        key, secret = await ctx.store.create_key(
-            body.name, tenant_id=tenant_id, scopes=body.scopes, actor=caller.actor
-        )
+        key, secret = await make_key(ctx, caller, body)
         return JSONResponse(key_json(key, secret), status_code=201)
 
     @router.get(

@@ -1,6 +1,7 @@
 """`/v1/messages`: send (one or a batch), read, list, cancel, retry."""
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,12 +19,15 @@ from mailgate.api.schemas import (
     MessageIn,
     MessageList,
     MessageOut,
+    RetryIn,
+    RetryOut,
 )
 from mailgate.errors import InvalidRequest
 from mailgate.message import Status
 from mailgate.store import Scope
+from mailgate.store.messages import MessageFilter
 
-_ID = re.compile(r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
+MESSAGE_ID = re.compile(r"^msg_[0-9A-HJKMNP-TV-Z]{26}$")
 SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
 """No control characters: nothing the stores cannot keep (PostgreSQL refuses NUL)."""
 TENANT_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -41,9 +45,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _check_id(message_id: str) -> str:
-    if not _ID.match(message_id):
+    if not MESSAGE_ID.match(message_id):
         raise InvalidRequest(f"{message_id!r} is not a message id", field="id")
     return message_id
+
+
+def _aware(at: datetime | None, field: str) -> datetime | None:
+    if at is not None and at.tzinfo is None:
+        raise InvalidRequest(f"{field} needs a time zone (RFC 3339, e.g. ...Z)", field=field)
+    return at
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -156,25 +166,55 @@ def messages_router(ctx: ApiContext) -> APIRouter:
         status: Annotated[Status | None, Query()] = None,
         tag: Annotated[str | None, Query(max_length=128, pattern=SINGLE_LINE)] = None,
         to: Annotated[str | None, Query(max_length=320, pattern=SINGLE_LINE)] = None,
+        provider: Annotated[str | None, Query(max_length=64, pattern=SINGLE_LINE)] = None,
+        since: Annotated[datetime | None, Query(description="Created at or after.")] = None,
+        until: Annotated[datetime | None, Query(description="Created before.")] = None,
         tenant: TenantQuery = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query()] = None,
     ) -> JSONResponse:
-        if cursor is not None and not _ID.match(cursor):
+        if cursor is not None and not MESSAGE_ID.match(cursor):
             raise InvalidRequest("cursor is not one this API gave out", field="cursor")
-        views = await ctx.store.list_messages(
-            await ctx.listed_tenant(caller, tenant),
-            limit=limit + 1,
+        where = MessageFilter(
             status=status.value if status is not None else None,
             tag=tag,
             to=to,
-            before_id=cursor,
+            provider=provider,
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+        )
+        views = await ctx.store.list_messages(
+            await ctx.listed_tenant(caller, tenant), limit=limit + 1, where=where, before_id=cursor
         )
         page = views[:limit]
         next_cursor = page[-1].id if len(views) > limit else None
         return JSONResponse(
             {"data": [message_json(v, history=False) for v in page], "next_cursor": next_cursor}
         )
+
+    @router.post(
+        "/retry",
+        summary="Queue every failed message matching a filter again",
+        responses={200: {"model": RetryOut}, **ERRORS},
+    )
+    async def retry_matching(body: RetryIn, caller: Manager) -> JSONResponse:
+        """One request, one transaction, one audit record. `dry_run` counts the
+        matches first and changes nothing."""
+        where = MessageFilter(
+            status=body.status,
+            provider=body.provider,
+            tag=body.tag,
+            to=body.to,
+            since=_aware(body.since, "since"),
+            until=_aware(body.until, "until"),
+        )
+        matched, retried = await ctx.store.retry_matching(
+            await ctx.listed_tenant(caller, body.tenant),
+            where,
+            dry_run=body.dry_run,
+            actor=caller.actor,
+        )
+        return JSONResponse({"matched": matched, "retried": retried})
 
     @router.get(
         "/{message_id}",

@@ -370,4 +370,31 @@ class SimulateIn(_Model):
     mode: Literal["off", "error", "timeout"]
 
 
+class RetryIn(_Model):
+    """Bulk retry (`POST /v1/messages/retry`): the failed messages matching every filter given."""
+
+    status: Literal["failed"] = "failed"
+    """Only failed mail can be retried; the field is there to say so."""
+    provider: (
+        Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")] | None
+    ) = None
+    tag: (
+        Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] | None
+    ) = None
+    to: (
+        Annotated[str, Field(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]*$")] | None
+    ) = None
+    since: datetime | None = None
+    until: datetime | None = None
+    dry_run: bool = False
+    """Count the matching messages and change nothing."""
+    tenant: Annotated[str, Field(pattern=r"^([A-Za-z0-9_-]{1,64}|\*)$")] | None = None
+    """Admin keys: another tenant's id, or * for every tenant's."""
+
+
+class RetryOut(_Model):
+    matched: int
+    retried: int
+
+
 BatchItemOut.model_rebuild()

@@ -84,6 +84,27 @@ def patch_values(
     return changes
 
 
+async def make_tenant(ctx: ApiContext, caller: Caller, body: TenantIn) -> Tenant:
+    """A new tenant (the API and the console both call this)."""
+    check_rules(
+        ctx.provider_names,
+        sender_domains=body.sender_domains,
+        default_from=body.default_from,
+        providers=body.providers,
+    )
+    return await ctx.store.create_tenant(new_tenant(body), actor=caller.actor)
+
+
+async def switch_tenant(
+    ctx: ApiContext, caller: Caller, tenant_id: str, *, enabled: bool
+) -> Tenant:
+    """Enable or disable a tenant; this process's caches and worker see it at once."""
+    tenant = await ctx.store.update_tenant(tenant_id, actor=caller.actor, enabled=enabled)
+    ctx.guard.forget()
+    await ctx.on_state_change()
+    return tenant
+
+
 def tenants_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
     Admin = Annotated[Caller, Depends(ctx.guard.require(Scope.ADMIN))]
@@ -94,10 +115,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         return JSONResponse(tenant_json(tenant, used.get(tenant.id)), status_code=status_code)
 
     async def switch(tenant_id: str, caller: Caller, enabled: bool) -> JSONResponse:
-        tenant = await ctx.store.update_tenant(tenant_id, actor=caller.actor, enabled=enabled)
-        ctx.guard.forget()
-        await ctx.on_state_change()
-        return await answer(tenant)
+        return await answer(await switch_tenant(ctx, caller, tenant_id, enabled=enabled))
 
     @router.post(
         "",
@@ -106,14 +124,7 @@ def tenants_router(ctx: ApiContext) -> APIRouter:
         responses={201: {"model": TenantOut}, **ERRORS},
     )
     async def create_tenant(body: TenantIn, caller: Admin) -> JSONResponse:
-        check_rules(
-            ctx.provider_names,
-            sender_domains=body.sender_domains,
-            default_from=body.default_from,
-            providers=body.providers,
-        )
-        tenant = await ctx.store.create_tenant(new_tenant(body), actor=caller.actor)
-        return await answer(tenant, 201)
+        return await answer(await make_tenant(ctx, caller, body), 201)
 
     @router.get(
         "", summary="List tenants, newest first", responses={200: {"model": TenantList}, **ERRORS}

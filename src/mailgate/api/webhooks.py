@@ -24,7 +24,7 @@ from mailgate.store import Scope
 from mailgate.store.outbox import EVENT_TYPES
 from mailgate.store.webhooks import Delivery, Endpoint
 
-_WEBHOOK_ID = re.compile(r"^wh_[0-9A-HJKMNP-TV-Z]{26}$")
+WEBHOOK_ID = re.compile(r"^wh_[0-9A-HJKMNP-TV-Z]{26}$")
 SUBSCRIBABLE = tuple(t for t in EVENT_TYPES if t != "webhook.test")
 
 Url = Annotated[str, Field(min_length=8, max_length=2048, pattern=SINGLE_LINE)]
@@ -156,23 +156,40 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
 
 
 def _webhook_id(value: str) -> str:
-    if not _WEBHOOK_ID.match(value):
+    if not WEBHOOK_ID.match(value):
         raise InvalidRequest(f"{value!r} is not a webhook id", field="id")
     return value
+
+
+async def usable_url(ctx: ApiContext, url: str) -> str:
+    """The endpoint's URL, if webhooks may be sent there (`block_private_addresses`)."""
+    try:
+        await check_endpoint(url, block_private=ctx.settings.webhooks.block_private_addresses)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), field="url") from None
+    return url
+
+
+async def make_webhook(ctx: ApiContext, caller: Caller, body: WebhookIn) -> Endpoint:
+    """A new endpoint as `caller` may add it (the API and the console both call this)."""
+    tenant_id = body.tenant_id or caller.tenant.id
+    if tenant_id != caller.tenant.id:
+        if not caller.is_admin:
+            raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
+        await ctx.store.get_tenant(tenant_id)
+    return await ctx.store.create_webhook(
+        tenant_id, await usable_url(ctx, body.url), body.events, body.description,
+        actor=caller.actor,
+    )  # fmt: skip
 
 
 def webhooks_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
     Reader = Annotated[Caller, Depends(ctx.guard.require(Scope.READ))]
     Manager = Annotated[Caller, Depends(ctx.guard.require(Scope.MANAGE))]
-    block = ctx.settings.webhooks.block_private_addresses
 
     async def usable(url: str) -> str:
-        try:
-            await check_endpoint(url, block_private=block)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), field="url") from None
-        return url
+        return await usable_url(ctx, url)
 
     @router.post(
         "/v1/webhooks",
@@ -181,14 +198,7 @@ def webhooks_router(ctx: ApiContext) -> APIRouter:
         responses={201: {"model": WebhookOut}, **ERRORS},
     )
     async def create_webhook(body: WebhookIn, caller: Manager) -> JSONResponse:
-        tenant_id = body.tenant_id or caller.tenant.id
-        if tenant_id != caller.tenant.id:
-            if not caller.is_admin:
-                raise NotFound(f"no tenant {tenant_id}", field="tenant_id")
-            await ctx.store.get_tenant(tenant_id)
-        endpoint = await ctx.store.create_webhook(
-            tenant_id, await usable(body.url), body.events, body.description, actor=caller.actor
-        )
+        endpoint = await make_webhook(ctx, caller, body)
         return JSONResponse(webhook_json(endpoint, secret=True), status_code=201)
 
     @router.get(
@@ -202,7 +212,7 @@ def webhooks_router(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> JSONResponse:
-        if cursor is not None and not _WEBHOOK_ID.match(cursor):
+        if cursor is not None and not WEBHOOK_ID.match(cursor):
             raise InvalidRequest("not a cursor this list gave", field="cursor")
         found = await ctx.store.list_webhooks(
             tenant_id=await ctx.listed_tenant(caller, tenant), limit=limit + 1, before_id=cursor

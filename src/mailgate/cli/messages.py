@@ -1,7 +1,10 @@
-"""`mailgate send` and `mailgate status`: a message through the one accept path, and its story."""
+"""`mailgate send`, `status` and `retry`: a message through the one accept path, its story,
+and failed mail queued again."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
 from typing import Annotated
 
 import typer
@@ -23,8 +26,10 @@ from mailgate.cli.common import (
     usage_error,
     with_store,
 )
+from mailgate.message import Status
 from mailgate.metrics import Metrics
-from mailgate.store import DEFAULT_TENANT, NewMessage, Store
+from mailgate.store import CLI, DEFAULT_TENANT, NewMessage, Store, utcnow
+from mailgate.store.messages import MessageFilter
 
 TenantOption = Annotated[
     str, typer.Option("--tenant", help="The tenant the message belongs to.", show_default=True)
@@ -131,3 +136,71 @@ def status(
         detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if v is not None)
         table.add_row(e["at"], e["type"], detail)
     out.print(table)
+
+
+def _time(value: str | None, option: str) -> datetime | None:
+    """An RFC 3339 time, or a span back from now: `30m`, `2h`, `1d`."""
+    if value is None:
+        return None
+    if (match := _SPAN.fullmatch(value.strip())) is not None:
+        amount, unit = int(match[1]), match[2]
+        return utcnow() - timedelta(**{_UNITS[unit]: amount})
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise usage_error(f"{option}: give an RFC 3339 time or a span such as 2h") from None
+    if at.tzinfo is None:
+        raise usage_error(f"{option}: the time needs a zone (e.g. ...Z)")
+    return at
+
+
+_SPAN = re.compile(r"(\d{1,6})([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+@app.command()
+def retry(
+    status: Annotated[
+        str, typer.Option(help="Which messages: only failed mail can be retried.")
+    ] = "failed",
+    provider: Annotated[str | None, typer.Option(help="Last tried through this provider.")] = None,
+    tag: Annotated[str | None, typer.Option(help="Carrying this tag.")] = None,
+    to: Annotated[str | None, typer.Option(help="Addressed to this recipient.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Created at or after (RFC 3339, or 30m, 2h, 1d ago).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Created before (same forms).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Only this tenant's (default: every tenant's).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count the matches; change nothing.")
+    ] = False,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Queue every failed message matching the filters again (one transaction, audited)."""
+    if status != Status.FAILED.value:
+        raise usage_error("--status: only failed messages can be retried")
+    where = MessageFilter(
+        status=status,
+        provider=provider,
+        tag=tag,
+        to=to,
+        since=_time(since, "--since"),
+        until=_time(until, "--until"),
+    )
+    settings = settings_from(config)
+
+    async def job(store: Store) -> tuple[int, int]:
+        if tenant is not None:
+            await store.get_tenant(tenant)  # NotFound names it
+        return await store.retry_matching(tenant, where, dry_run=dry_run, actor=CLI)
+
+    matched, retried = with_store(settings, job)
+    if as_json:
+        print_json({"matched": matched, "retried": retried})
+    elif dry_run:
+        out.print(f"{matched} failed messages match; nothing changed (--dry-run)")
+    else:
+        out.print(f"{retried} of {matched} matching messages queued again")

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from mailgate.errors import Conflict, NotFound
+from mailgate.message import rfc3339
 from mailgate.store import keys, queue, tenants
+from mailgate.store import messages as reads
 from mailgate.store import providers as provider_rows
 from mailgate.store.audit import Actor, Change
 from mailgate.store.keys import ApiKey
@@ -126,6 +128,43 @@ def retry(
         raise Conflict(f"message is {status}; only failed messages can be retried", field="status")
     notify(conn)
     return None, _message_change(conn, "message.retry", message_id)
+
+
+def retry_matching(
+    conn: Connection,
+    tenant_id: str | None,
+    where: reads.MessageFilter,
+    now: datetime,
+    *,
+    dry_run: bool,
+    audit_tenant: str,
+) -> tuple[tuple[int, int], Change | None]:
+    """Queue every failed message the filter matches again: (matched, retried).
+
+    `where.status` must be failed (only failed mail can be retried). A dry
+    run, like a call that finds nothing to retry, changes nothing and is not audited.
+    """
+    ids = reads.matching_ids(conn, tenant_id=tenant_id, where=where)
+    if dry_run:
+        return (len(ids), 0), None
+    retried = queue.retry_all(conn, ids, now=now)
+    if not retried:
+        return (len(ids), 0), None
+    notify(conn)
+    detail = {k: v for k, v in _filter_detail(where).items() if v is not None}
+    detail |= {"matched": len(ids), "retried": retried}
+    return (len(ids), retried), Change("messages.retry", "bulk", audit_tenant, detail)
+
+
+def _filter_detail(where: reads.MessageFilter) -> dict[str, Any]:
+    return {
+        "status": where.status,
+        "provider": where.provider,
+        "tag": where.tag,
+        "to": where.to,
+        "since": rfc3339(where.since),
+        "until": rfc3339(where.until),
+    }
 
 
 def _message_change(conn: Connection, action: str, message_id: str) -> Change:

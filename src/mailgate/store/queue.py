@@ -491,14 +491,7 @@ def retry(conn: Connection, *, tenant_id: str | None, message_id: str, now: date
     result = conn.execute(
         update(messages)
         .where(_in_tenant(tenant_id, message_id), messages.c.status == Status.FAILED)
-        .values(
-            status=Status.QUEUED,
-            next_attempt_at=now,
-            window_start=now,
-            rounds=0,
-            last_error=None,
-            updated_at=now,
-        )
+        .values(_queued_again(now))
     )
     if result.rowcount != 1:
         return False
@@ -506,6 +499,45 @@ def retry(conn: Connection, *, tenant_id: str | None, message_id: str, now: date
         insert(events).values(message_id=message_id, type=EventType.RETRIED, at=now, detail={})
     )
     return True
+
+
+def retry_all(conn: Connection, ids: Sequence[str], *, now: datetime) -> int:
+    """`retry` for many messages at once (those still failed); how many went back."""
+    retried = 0
+    for start in range(0, len(ids), _CHUNK):
+        back = (
+            conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids[start : start + _CHUNK]))
+                .where(messages.c.status == Status.FAILED)
+                .values(_queued_again(now))
+                .returning(messages.c.id)
+            )
+            .scalars()
+            .all()
+        )
+        if back:
+            rows = [{"message_id": m, "type": EventType.RETRIED, "at": now, "detail": {}}
+                    for m in back]  # fmt: skip
+            conn.execute(insert(events), rows)
+        retried += len(back)
+    return retried
+
+
+def _queued_again(now: datetime) -> dict[str, Any]:
+    """A failed message back in the queue, due now, with a fresh age window."""
+    return {
+        "status": Status.QUEUED,
+        "next_attempt_at": now,
+        "window_start": now,
+        "rounds": 0,
+        "last_error": None,
+        "updated_at": now,
+    }
+
+
+_CHUNK = 500
+"""Ids per statement in bulk changes: well under every driver's parameter limit."""
 
 
 def status_of(conn: Connection, *, tenant_id: str | None, message_id: str) -> str | None:

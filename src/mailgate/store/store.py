@@ -34,6 +34,7 @@ from mailgate.store import (
     nodes,
     outbox,
     queue,
+    sessions,
     suppress,
     tenants,
 )
@@ -131,6 +132,10 @@ class Store:
     async def list_messages(self, tenant_id: str | None, **filters: Any) -> list[MessageView]:
         return await self.db.read(reads.list_messages, tenant_id=tenant_id, **filters)
 
+    async def overview(self, tenant_id: str | None) -> reads.Overview:
+        """The console dashboard's figures for the tenant (None: every tenant)."""
+        return await self.db.read(reads.overview, tenant_id=tenant_id, now=utcnow())
+
     async def queue_depth(self) -> dict[str, int]:
         return await self.db.read(reads.count_waiting)
 
@@ -149,24 +154,45 @@ class Store:
         await self._audited(actor, changes.retry, tenant_id, message_id, utcnow())
         self._notify_due(1)
 
+    async def retry_matching(
+        self,
+        tenant_id: str | None,
+        where: reads.MessageFilter,
+        *,
+        dry_run: bool,
+        actor: Actor,
+    ) -> tuple[int, int]:
+        """Queue every failed message of the tenant (None: every tenant's) that `where`
+        matches again, in one transaction: (matched, retried)."""
+        matched, retried = await self._audited(
+            actor, changes.retry_matching, tenant_id, where, utcnow(),
+            dry_run=dry_run, audit_tenant=tenant_id or actor.tenant_id,
+        )  # fmt: skip
+        if retried:
+            self._notify_due(retried)
+        return matched, retried
+
     async def _audited(
         self,
         actor: Actor | None,
-        fn: Callable[..., tuple[T, Change]],
+        fn: Callable[..., tuple[T, Change | None]],
         *args: Any,
         **kwargs: Any,
     ) -> T:
-        """Run a change and, in the same transaction, its audit record; then log it."""
+        """Run a change and, in the same transaction, its audit record; then log it.
+
+        A `fn` that changed nothing returns no `Change`, and nothing is audited.
+        """
         at = utcnow()
 
-        def run(conn: Connection) -> tuple[T, Change]:
+        def run(conn: Connection) -> tuple[T, Change | None]:
             result, change = fn(conn, *args, **kwargs)
-            if actor is not None:
+            if actor is not None and change is not None:
                 audit.record(conn, actor, change, at=at)
             return result, change
 
         result, change = await self.db.write(run)
-        if actor is not None:
+        if actor is not None and change is not None:
             audit.logged(actor, change)
         return result
 
@@ -469,6 +495,27 @@ class Store:
     ) -> ApiKey:
         """Revoke an active key of the tenant (None: of any tenant)."""
         return await self._audited(actor, changes.revoke_key, key_id, tenant_id, utcnow())
+
+    # --- console sessions ------------------------------------------------------
+
+    async def shared_secret(self, name: str) -> str:
+        """A secret every process shares (made by whichever asks first)."""
+        try:
+            return await self.db.write(sessions.shared_secret, name, utcnow())
+        except IntegrityError:  # another process made it at the same moment
+            return await self.db.write(sessions.shared_secret, name, utcnow())
+
+    async def open_session(self, key_id: str, token: str, *, expires_at: datetime) -> str:
+        """A console session for the key; its CSRF token."""
+        return await self.db.write(
+            sessions.open_session, key_id=key_id, token=token, now=utcnow(), expires_at=expires_at
+        )
+
+    async def find_session(self, token: str) -> tuple[ApiKey, Tenant, str, datetime] | None:
+        return await self.db.read(sessions.find_session, token, utcnow())
+
+    async def end_session(self, token: str) -> bool:
+        return await self.db.write(sessions.end_session, token)
 
 
 def utc_day(at: datetime) -> str:

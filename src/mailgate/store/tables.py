@@ -389,3 +389,23 @@ nodes = Table(
     Column("seen_at", Timestamp(), nullable=False),
     Column("stopped_at", Timestamp(), nullable=True),
 )
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # sha256 of the token the cookie carries: the table alone opens no session.
+    Column("id", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Timestamp(), nullable=False),
+    Column("expires_at", Timestamp(), nullable=False),
+    Index("ix_console_sessions_expires_at", "expires_at"),
+)
+
+console_secrets = Table(
+    "console_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", Timestamp(), nullable=False),
+)

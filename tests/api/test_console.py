@@ -213,8 +213,14 @@ async def test_cancel_and_retry_from_a_message_page(
     csrf = await log_in(app_client, secret)
     sent = await app_client.post(
         "/ui/send",
-        data={"csrf": csrf, "from": "a@example.com", "to": "b@example.org", "subject": "S",
-              "text": "t", "tags": "one, two"},  # fmt: skip
+        data={
+            "csrf": csrf,
+            "from": "a@example.com",
+            "to": "b@example.org",
+            "subject": "S",
+            "text": "t",
+            "tags": "one, two",
+        },
         files={"attachments": ("a.csv", b"x,y\n", "text/csv")},
     )
     assert sent.status_code == 303

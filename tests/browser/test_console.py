@@ -368,7 +368,8 @@ def test_every_field_is_labelled_and_the_pages_fit_a_phone(
 
 def test_the_keyboard_alone_logs_in_and_reaches_the_menu(gateway: Gateway, page: Page) -> None:
     page.goto(f"{gateway.url}/ui/login")
-    page.keyboard.type(gateway.admin_key)  # the key field has focus
+    expect(page.get_by_label("API key")).to_be_focused()  # autofocus: no click needed
+    page.keyboard.type(gateway.admin_key)
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/ui$"))
     page.keyboard.press("Tab")

@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -295,6 +296,29 @@ class WebhookSettings(_Section):
     """An endpoint that has failed every try for this long is disabled."""
 
 
+class SmtpServerSettings(_Section):
+    """SMTP submission inside `mailgate serve` (docs/smtp.md): mail in, the same accept path."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=2525, ge=0, le=65535)
+    tls_cert_file: str = ""
+    """A PEM certificate chain; when set, STARTTLS is offered."""
+    tls_key_file: str = ""
+    """The certificate's private key (PEM); empty: it is in `tls_cert_file`."""
+    require_tls: bool = True
+    """With a certificate: AUTH only after STARTTLS, so keys never cross the network in clear."""
+    max_message_bytes: int = Field(default=35 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    """Advertised with SIZE; larger messages are refused (`552 5.3.4`)."""
+
+    @field_validator("tls_key_file")
+    @classmethod
+    def _key_needs_certificate(cls, value: str, info: ValidationInfo) -> str:
+        if value and not info.data.get("tls_cert_file"):
+            raise ValueError("is set but tls_cert_file is not")
+        return value
+
+
 class Settings(BaseSettings):
     """All of mailgate's settings. Variables override the file; both override defaults."""
 
@@ -310,6 +334,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = DeliverySettings()
     webhooks: WebhookSettings = WebhookSettings()
     console: ConsoleSettings = ConsoleSettings()
+    smtp_server: SmtpServerSettings = SmtpServerSettings()
     providers: list[ProviderSettings] = []
 
     @field_validator("providers")

@@ -5,10 +5,13 @@ same process: a fake SendGrid and a fake Mailgun speaking their real wire
 formats on loopback, so the whole flow works out of the box and nothing
 leaves the machine.
 
+With `[smtp_server] enabled`, `serve` also takes mail by SMTP submission
+(`mailgate.ingest`), into the same accept path as the API.
+
 Shutdown on SIGTERM/SIGINT goes in order, so nothing accepted is lost and
-nothing in flight is cut: stop taking HTTP requests (those in progress
-finish and commit), stop claiming and let in-flight sends finish and be
-recorded, flush the store, then stop the simulated providers.
+nothing in flight is cut: stop taking HTTP requests and SMTP mail (those in
+progress finish and commit), stop claiming and let in-flight sends finish
+and be recorded, flush the store, then stop the simulated providers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from mailgate.api import create_app
+from mailgate.api.accept import Acceptor
 from mailgate.api.events import close_event_streams
 from mailgate.config import (
     HttpProviderSettings,
@@ -32,6 +36,7 @@ from mailgate.config import (
 )
 from mailgate.delivery import ProviderPool, Worker
 from mailgate.errors import ConfigError
+from mailgate.ingest import SubmissionServer
 from mailgate.metrics import Metrics
 from mailgate.providers.fakes import FakeMailgun, FakeSendGrid
 from mailgate.serving import serve_asgi
@@ -206,6 +211,7 @@ async def serve(
             app = create_app(
                 settings, store, metrics, on_state_change=pool.refresh if pool else None
             )
+            smtp = submission_server(settings, store, metrics)
             secret, origin = await bootstrap_key(store, settings)
             host, port = settings.server.host, settings.server.port
             try:
@@ -215,10 +221,15 @@ async def serve(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc} "
                     "(server.host / server.port, MAILGATE_SERVER__PORT)"
                 ) from None
+            if smtp is not None:
+                await smtp.start()
+                stack.push_async_callback(smtp.stop)
             if sim is not None:
                 sim.post_events_to(server.url)
             database = shown_url(settings.database.url)
             announce(f"mailgate is listening on {server.url} (database {database})")
+            if smtp is not None:
+                announce(smtp.announcement())
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
             if runner is None:
                 announce(
@@ -231,12 +242,27 @@ async def serve(
             log.info("shutting down")
             close_event_streams()  # open event streams end now, not at uvicorn's timeout
             server.stop()
+            if smtp is not None:
+                await smtp.stop()  # messages being accepted finish first
             if runner is not None and worker_task is not None:
                 runner.stop()
                 await worker_task  # raises if the worker crashed
             stopped.cancel()
     finally:
         remove_handlers()
+
+
+def submission_server(
+    settings: Settings, store: Store, metrics: Metrics
+) -> SubmissionServer | None:
+    """SMTP submission when `[smtp_server] enabled`, in front of the same accept path as the API.
+
+    Its certificate is loaded here, so a bad one stops `serve` before it listens.
+    """
+    if not settings.smtp_server.enabled:
+        return None
+    acceptor = Acceptor(store, metrics, (p.name for p in settings.providers))
+    return SubmissionServer(settings.smtp_server, store, acceptor, metrics)
 
 
 async def work(
@@ -277,3 +303,6 @@ def configure_logging(level: str) -> None:
     # uvicorn's own start/stop lines repeat what `serve` announces.
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # aiosmtpd logs every SMTP command at info and a deprecation note at warning on
+    # every AUTH; mailgate's own SMTP lines (`mailgate.smtp`) say what matters.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)

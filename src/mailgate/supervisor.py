@@ -9,6 +9,13 @@ again; one that dies within seconds of starting, repeatedly, stops the
 whole service rather than looping. SIGTERM or SIGINT stop the children
 gracefully (each finishes what it has in hand), then the supervisor.
 
+With `[smtp_server] enabled` the supervisor binds the SMTP port too, once,
+and every API process serves SMTP submission on that one inherited socket,
+as it serves HTTP: no process binds the port again (no SO_REUSEPORT, which
+would let a stray second `serve` share the port silently), a taken port
+fails at start, here, and a restarted API process simply accepts from the
+same socket.
+
 The processes share everything through the store. Their metrics are summed
 through prometheus-client's multiprocess files, so `/metrics` from any API
 process counts all of them.
@@ -36,6 +43,9 @@ from mailgate.api import create_app
 from mailgate.api.events import close_event_streams
 from mailgate.config import Settings
 from mailgate.errors import ConfigError
+from mailgate.ingest.smtp import announcement as smtp_announcement
+from mailgate.ingest.smtp import bind as bind_smtp
+from mailgate.ingest.smtp import tls_context
 from mailgate.metrics import Metrics
 from mailgate.service import (
     Simulation,
@@ -44,6 +54,7 @@ from mailgate.service import (
     install_stop,
     open_store,
     simulation,
+    submission_server,
     work,
 )
 from mailgate.serving import listening_socket, serve_asgi
@@ -102,10 +113,17 @@ async def supervise(
                 ) from None
             stack.callback(sock.close)
             bound = sock.getsockname()[1]
+            smtp_sock: socket.socket | None = None
+            smtp_tls = False
+            if settings.smtp_server.enabled:
+                # A bad certificate stops the start here, before any child tries it.
+                smtp_tls = tls_context(settings.smtp_server) is not None
+                smtp_sock = bind_smtp(settings.smtp_server)
+                stack.callback(smtp_sock.close)
             if sim is not None:
                 sim.post_events_to(f"http://{host}:{bound}")
             for i in range(api_processes):
-                args = (settings, sock, str(shared_dir))
+                args = (settings, sock, str(shared_dir), smtp_sock)
                 children.append(_Child(f"api-{i + 1}", _run_api_process, args))
             if worker:
                 children.append(_Child("worker", _run_worker_process, (settings, str(shared_dir))))
@@ -116,6 +134,9 @@ async def supervise(
                 f"processes{' and a worker' if worker else ''} "
                 f"(database {shown_url(settings.database.url)})"
             )
+            if smtp_sock is not None:
+                smtp_host, smtp_port = smtp_sock.getsockname()[:2]
+                announce(smtp_announcement(settings.smtp_server, smtp_tls, smtp_host, smtp_port))
             announce(f"API key: {secret} ({origin})" if secret else f"API key: {origin}")
             while not stop.is_set():
                 for child in children:
@@ -192,22 +213,34 @@ async def _stop_all(children: list[_Child], shared_dir: Path) -> None:
 # --- what runs in the children ------------------------------------------------------
 
 
-def _run_api_process(settings: Settings, sock: socket.socket, shared_dir: str) -> None:
+def _run_api_process(
+    settings: Settings, sock: socket.socket, shared_dir: str, smtp_sock: socket.socket | None
+) -> None:
     configure_logging(settings.server.log_level)
-    asyncio.run(_api_process(settings, sock, Path(shared_dir)))
+    asyncio.run(_api_process(settings, sock, Path(shared_dir), smtp_sock))
 
 
-async def _api_process(settings: Settings, sock: socket.socket, shared_dir: Path) -> None:
+async def _api_process(
+    settings: Settings, sock: socket.socket, shared_dir: Path, smtp_sock: socket.socket | None
+) -> None:
     stop = asyncio.Event()
     remove_handlers = install_stop(stop)
     store = Store(settings.database)
+    metrics = Metrics(shared_dir=shared_dir)
+    smtp = submission_server(settings, store, metrics) if smtp_sock is not None else None
     try:
-        app = create_app(settings, store, Metrics(shared_dir=shared_dir))
+        app = create_app(settings, store, metrics)
         async with serve_asgi(app, sock=sock) as server:
+            if smtp is not None:
+                await smtp.start(smtp_sock)
             await stop.wait()
             close_event_streams()  # open event streams end now, not at uvicorn's timeout
             server.stop()
+            if smtp is not None:
+                await smtp.stop()  # messages being accepted finish first
     finally:
+        if smtp is not None:
+            await smtp.stop()
         await store.close()
         remove_handlers()
 

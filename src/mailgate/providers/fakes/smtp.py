@@ -1,7 +1,8 @@
 """A local SMTP relay on aiosmtpd, with replies scripted per stage of the dialogue.
 
-aiosmtpd is a development dependency, so it is imported only when a relay
-starts: importing this module (or `mailgate.providers.fakes`) never needs it.
+aiosmtpd is imported only when a relay starts, so importing this module (or
+`mailgate.providers.fakes`, which the worker's simulated providers use) does
+not load it; SMTP submission (`mailgate.ingest`) is what needs it at run time.
 The fake lives beside the HTTP fakes because it plays the same part and
 shares `FakeProvider`'s record of what it took and its `/_fake/...` control
 routes (`app()`, with no send route).

@@ -344,6 +344,7 @@ async def snapshot(store: Store) -> Rows:
     return await store.db.read(_rows)
 
 
+@pytest.mark.timeout(180)  # every route's cases; a clean CI run took close to 60 s here
 @pytest.mark.parametrize("name", list(PASSES))
 async def test_api_keeps_its_documented_promises(
     name: str, settings: Settings, store: Store, metrics: Metrics, api_key: str

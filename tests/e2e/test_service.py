@@ -155,6 +155,7 @@ async def test_the_readme_run_command(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
+@pytest.mark.timeout(180)  # three spawned processes; a loaded CI run took over 60 s once
 async def test_serve_with_several_api_processes(tmp_path: Path) -> None:
     """`serve --workers 2`: two API processes share the port, a worker process delivers."""
     async with mailgate("serve", "--workers", "2", "--port", "0", cwd=tmp_path) as server:

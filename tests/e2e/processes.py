@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from tests.helpers import eventually
+
 URL = re.compile(r"listening on (http://\S+)")
 KEY = re.compile(r"API key: (mg_[A-Za-z0-9_-]+)")
 
@@ -98,3 +102,16 @@ def write_config(
         lines += [f"{key} = {_toml(value)}" for key, value in provider.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+async def wait_status(client: httpx.AsyncClient, message_id: str, *statuses: str) -> dict[str, Any]:
+    """The message (through the API) once its status is one of `statuses` (20 s at most)."""
+    found: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        nonlocal found
+        found = (await client.get(f"/v1/messages/{message_id}")).json()
+        return found["status"] in statuses
+
+    await eventually(reached, timeout=20)
+    return found

@@ -6,27 +6,14 @@ import asyncio
 import re
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.processes import KEY, URL, mailgate, write_config
-from tests.helpers import Fakes, eventually, message
+from tests.e2e.processes import KEY, URL, mailgate, wait_status, write_config
+from tests.helpers import Fakes, message
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_status(client: httpx.AsyncClient, message_id: str, *statuses: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    async def reached() -> bool:
-        nonlocal found
-        found = (await client.get(f"/v1/messages/{message_id}")).json()
-        return found["status"] in statuses
-
-    await eventually(reached, timeout=20)
-    return found
 
 
 async def test_serve_out_of_the_box(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import aiosmtplib
 import httpx
 import pytest
 
-from tests.e2e.processes import KEY, URL, mailgate, write_config
-from tests.helpers import Fakes, eventually
+from tests.e2e.processes import KEY, URL, mailgate, wait_status, write_config
+from tests.helpers import Fakes
 from tests.ingest.conftest import Certificate
 from tests.ingest.test_mime import PDF, rich_message
 
@@ -24,18 +24,6 @@ pytestmark = pytest.mark.slow
 SMTP_LINE = re.compile(r"SMTP submission is listening on smtp://([0-9.]+):(\d+) \((.*)\)")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 QUEUED = re.compile(r"^2\.0\.0 queued as (msg_[0-9A-Z]{26})$")
-
-
-async def wait_status(client: httpx.AsyncClient, message_id: str, *statuses: str) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    async def reached() -> bool:
-        nonlocal found
-        found = (await client.get(f"/v1/messages/{message_id}")).json()
-        return found["status"] in statuses
-
-    await eventually(reached, timeout=20)
-    return found
 
 
 async def run_example(host: str, port: int, key: str, certificate: Certificate) -> str:

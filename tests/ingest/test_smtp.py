@@ -390,7 +390,7 @@ async def test_a_key_revoked_during_a_session_stops_it(
 ) -> None:
     # A session reads its key again once the API's key cache time has passed; zero
     # here, so the test need not wait five seconds.
-    monkeypatch.setattr("mailgate.ingest.smtp.CACHE_SECONDS", 0.0)
+    monkeypatch.setattr("mailgate.api.auth.CACHE_SECONDS", 0.0)
     key = (await store.find_key(send_key) or pytest.fail("no key"))[0]
     async with client(server) as smtp:
         await smtp.auth_plain("u", send_key)

@@ -76,19 +76,34 @@ class Guard:
 
     async def check(self, request: Request, scope: Scope | None) -> Caller:
         """The caller, if its key, tenant, scope and rate limit all let the request through."""
-        found = await self._lookup(_secret(request))
+        caller = await self.identify(_secret(request), scope, field="Authorization")
+        await self.limit(caller)
+        return caller
+
+    async def identify(
+        self, secret: str, scope: Scope | None, *, field: str | None = None
+    ) -> Caller:
+        """The key's caller, if the key is known, its tenant enabled and it holds `scope`.
+
+        Every way in that takes a key (the API's header, SMTP's AUTH) asks this,
+        through the same cache; `field` names where the key came from in errors.
+        """
+        found = await self._lookup(secret) if secret else None
         if found is None:
-            raise Unauthorized("unknown or revoked API key", field="Authorization")
+            raise Unauthorized("unknown or revoked API key", field=field)
         key, tenant = found
         if not tenant.enabled:
-            raise TenantDisabled(f"tenant {tenant.id} is disabled", field="Authorization")
+            raise TenantDisabled(f"tenant {tenant.id} is disabled", field=field)
         if scope is not None and not key.allows(scope):
             raise Forbidden(
                 f"this key lacks the '{scope}' scope (it has: {', '.join(key.scopes)})",
-                field="Authorization",
+                field=field,
             )
-        await self._limiter.check(tenant)
         return Caller(key, tenant)
+
+    async def limit(self, caller: Caller) -> None:
+        """Count one request against the caller's tenant's rate limit (`429` over it)."""
+        await self._limiter.check(caller.tenant)
 
     def forget(self) -> None:
         """Drop every cached key: a change made in this process takes effect at once."""

@@ -5,7 +5,7 @@ picture whichever process holds the worker.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -130,6 +130,16 @@ async def provider_reports(
     ]
 
 
+def visible_providers(
+    configured: Iterable[ProviderSettings], caller: Caller
+) -> list[ProviderSettings]:
+    """The providers a caller may see: its tenant's (every one for an admin key)."""
+    allowed = caller.tenant.providers
+    if allowed is None or caller.is_admin:
+        return list(configured)
+    return [p for p in configured if p.name in allowed]
+
+
 def providers_router(ctx: ApiContext) -> APIRouter:
     """Reading needs `read` and shows the providers the caller's tenant may use; switches
     and drills need `admin`."""
@@ -139,10 +149,7 @@ def providers_router(ctx: ApiContext) -> APIRouter:
     configured = {p.name: p for p in ctx.settings.providers}
 
     def visible(caller: Caller) -> list[ProviderSettings]:
-        allowed = caller.tenant.providers
-        if allowed is None or caller.is_admin:
-            return list(configured.values())
-        return [p for p in configured.values() if p.name in allowed]
+        return visible_providers(configured.values(), caller)
 
     def find(name: str, caller: Caller) -> ProviderSettings:
         for p in visible(caller):

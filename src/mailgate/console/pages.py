@@ -28,7 +28,7 @@ from mailgate.api.errors import validation_error
 from mailgate.api.events import serve_stream
 from mailgate.api.keys import KEY_ID, make_key
 from mailgate.api.messages import MESSAGE_ID
-from mailgate.api.providers import provider_event_json, provider_reports
+from mailgate.api.providers import provider_event_json, provider_reports, visible_providers
 from mailgate.api.render import key_json, message_json, tenant_json
 from mailgate.api.schemas import MessageIn, RetryIn
 from mailgate.api.suppressions import SuppressionIn, suppression_json
@@ -147,10 +147,7 @@ def console_router(ctx: ApiContext) -> APIRouter:
         return response
 
     def visible(session: Session) -> list[ProviderSettings]:
-        allowed = session.caller.tenant.providers
-        if allowed is None or session.caller.is_admin:
-            return list(configured.values())
-        return [p for p in configured.values() if p.name in allowed]
+        return visible_providers(configured.values(), session.caller)
 
     async def tenant_of(request: Request, session: Session) -> str | None:
         """Whose objects a page shows: the key's tenant; admins may pick another, or every."""
@@ -451,22 +448,26 @@ def console_router(ctx: ApiContext) -> APIRouter:
         return render(request, "suppressions.html", session,
                       rows=[suppression_json(s) for s in found], email=email or "")  # fmt: skip
 
+    def address_in(request: Request) -> str:
+        """The form's `email`, validated as the API validates a suppression's."""
+        body = SuppressionIn.model_validate({"email": forms.text(form(request), "email") or ""})
+        return body.email.email.lower()
+
     @router.post("/suppressions")
     @page(Scope.MANAGE)
     async def add_suppression(request: Request, session: Session) -> Response:
-        body = SuppressionIn.model_validate({"email": forms.text(form(request), "email") or ""})
         caller = session.caller
-        await ctx.store.add_suppression(caller.tenant.id, body.email.email.lower(),
-                                        actor=caller.actor)  # fmt: skip
+        email = address_in(request)
+        await ctx.store.add_suppression(caller.tenant.id, email, actor=caller.actor)
         return RedirectResponse("/ui/suppressions", status_code=303)
 
     @router.post("/suppressions/remove")
     @page(Scope.MANAGE)
     async def remove_suppression(request: Request, session: Session) -> Response:
-        body = SuppressionIn.model_validate({"email": forms.text(form(request), "email") or ""})
         caller = session.caller
-        await ctx.store.remove_suppression(caller.tenant.id, body.email.email.lower(),
-                                           actor=caller.actor)  # fmt: skip
+        await ctx.store.remove_suppression(
+            caller.tenant.id, address_in(request), actor=caller.actor
+        )
         return RedirectResponse("/ui/suppressions", status_code=303)
 
     # --- webhooks ----------------------------------------------------------------------

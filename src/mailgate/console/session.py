@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mailgate.api.auth import Caller
-from mailgate.errors import Forbidden, TenantDisabled, Unauthorized
+from mailgate.errors import Forbidden, TenantDisabled
 from mailgate.store import Scope, Store, utcnow
 
 COOKIE = "mailgate_session"
@@ -152,7 +152,3 @@ class Sessions:
             raise CsrfRefused
         if not hmac.compare_digest(submitted, await self._sign(nonce, "login-form")):
             raise CsrfRefused
-
-
-def unauthorized_key() -> Unauthorized:
-    return Unauthorized("that key is unknown or revoked", field="key")

@@ -33,7 +33,6 @@ import logging
 import re
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +48,7 @@ from pydantic import ValidationError
 
 from mailgate.api.accept import Acceptor
 from mailgate.api.addresses import AddressError, normalize_email
-from mailgate.api.auth import CACHE_SECONDS
+from mailgate.api.auth import Caller, Guard
 from mailgate.api.errors import validation_error
 from mailgate.api.ratelimit import TenantRateLimiter
 from mailgate.api.schemas import MAX_RECIPIENTS_PER_FIELD, MessageIn
@@ -61,7 +60,6 @@ from mailgate.errors import (
     PayloadTooLarge,
     RequestError,
     StoreUnavailable,
-    TenantDisabled,
     TooManyRequests,
     Unauthorized,
 )
@@ -85,12 +83,11 @@ _REPLY_TEXT_LIMIT = 400
 
 @dataclass(frozen=True, slots=True)
 class SmtpLogin:
-    """What a session authenticated as; `checked_at` (monotonic) is when the store said so."""
+    """What a session authenticated as (the key is checked again for each message)."""
 
     secret: str = field(repr=False)
     key: ApiKey
     tenant: Tenant
-    checked_at: float
 
 
 def tls_context(settings: SmtpServerSettings) -> ssl.SSLContext | None:
@@ -160,10 +157,10 @@ class SubmissionHandler:
         *,
         limiter: TenantRateLimiter | None = None,
     ) -> None:
-        self._store = store
+        self._guard = Guard(store, limiter=limiter)
+        """The API's own key checks and cache, and the tenant's rate limit."""
         self._acceptor = acceptor
         self._metrics = metrics
-        self._limiter = limiter or TenantRateLimiter(store)
         self.submissions: set[asyncio.Task[str]] = set()
         """Messages being accepted; shutdown waits for them."""
 
@@ -210,16 +207,15 @@ class SubmissionHandler:
         return AuthResult(success=True, auth_data=login)
 
     async def _check_key(self, secret: str) -> SmtpLogin:
-        """The key's login, if the key is known, may send and its tenant is enabled."""
-        found = await self._store.find_key(secret) if secret else None
-        if found is None:
-            raise Unauthorized("Authentication credentials invalid: unknown or revoked API key")
-        key, tenant = found
-        if not key.allows(Scope.SEND):
-            raise Forbidden(f"this key lacks the 'send' scope (it has: {', '.join(key.scopes)})")
-        if not tenant.enabled:
-            raise TenantDisabled(f"tenant {tenant.id} is disabled")
-        return SmtpLogin(secret=secret, key=key, tenant=tenant, checked_at=time.monotonic())
+        """The key's login, if the key is known, may send and its tenant is enabled (the
+        API's checks, through its cache)."""
+        try:
+            caller = await self._guard.identify(secret, Scope.SEND)
+        except Unauthorized:
+            raise Unauthorized(
+                "Authentication credentials invalid: unknown or revoked API key"
+            ) from None
+        return SmtpLogin(secret=secret, key=caller.key, tenant=caller.tenant)
 
     # --- the transaction -----------------------------------------------------------
 
@@ -289,7 +285,7 @@ class SubmissionHandler:
         """Accept one message; the reply for it, whatever happens."""
         try:
             login = await self._current(session, login)
-            await self._limiter.check(login.tenant)
+            await self._guard.limit(Caller(login.key, login.tenant))
             if len(raw) > PARSE_IN_THREAD_BYTES:
                 message = await asyncio.to_thread(_message_in, raw, mail_from, rcpt_tos)
             else:
@@ -308,10 +304,8 @@ class SubmissionHandler:
         return f"250 2.0.0 queued as {accepted.id}"
 
     async def _current(self, session: Session, login: SmtpLogin) -> SmtpLogin:
-        """The session's login, read again from the store when it is older than the API's
-        key cache, so a revoked key or a changed tenant counts within seconds here too."""
-        if time.monotonic() - login.checked_at < CACHE_SECONDS:
-            return login
+        """The session's login as the key stands now (the guard's cache keeps this cheap),
+        so a revoked key or a disabled tenant counts within seconds here too."""
         try:
             fresh = await self._check_key(login.secret)
         except RequestError:

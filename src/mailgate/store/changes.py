@@ -8,6 +8,7 @@ change cannot be made; nothing is then written.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -157,14 +158,9 @@ def retry_matching(
 
 
 def _filter_detail(where: reads.MessageFilter) -> dict[str, Any]:
-    return {
-        "status": where.status,
-        "provider": where.provider,
-        "tag": where.tag,
-        "to": where.to,
-        "since": rfc3339(where.since),
-        "until": rfc3339(where.until),
-    }
+    """The filter as the audit log keeps it: times in RFC 3339."""
+    detail = asdict(where)
+    return detail | {"since": rfc3339(where.since), "until": rfc3339(where.until)}
 
 
 def _message_change(conn: Connection, action: str, message_id: str) -> Change:

@@ -91,6 +91,7 @@ def test_providers_suppressions_webhooks_keys_tenants(gateway: Running) -> None:
         assert hook["secret"].startswith("whsec_")
         assert [w["id"] for w in mg.webhooks()] == [hook["id"]]
         assert mg.update_webhook(hook["id"], description="prod")["description"] == "prod"
+        assert mg.update_webhook(hook["id"], description=None)["description"] is None
         mg.test_webhook(hook["id"])
         [delivery] = list(mg.webhook_deliveries(hook["id"]))
         assert delivery["event_type"] == "webhook.test"
@@ -102,6 +103,8 @@ def test_providers_suppressions_webhooks_keys_tenants(gateway: Running) -> None:
         tenant = mg.create_tenant(f"acme-{uuid.uuid4().hex[:6]}", sender_domains=["acme.example"])
         assert mg.tenant(tenant["id"])["sender_domains"] == ["acme.example"]
         assert mg.update_tenant(tenant["id"], daily_quota=10)["daily_quota"] == 10
+        cleared = mg.update_tenant(tenant["id"], daily_quota=None)  # None clears a field
+        assert cleared["daily_quota"] is None and cleared["sender_domains"] == ["acme.example"]
         assert tenant["id"] in {t["id"] for t in mg.tenants()}
         made = mg.create_key("acme-sender", ["send"], tenant_id=tenant["id"])
         assert made["key"].startswith("mg_")

@@ -1,4 +1,11 @@
-"""What every `mailgate` command shares: the Typer app, options, output and error handling."""
+"""What every `mailgate` command shares: the Typer app, options, output and error handling.
+
+Most commands work either on the store (the default) or, with `--url` or
+`MAILGATE_URL`, on a running gateway over HTTP through the Python client
+(`gateway`, `over_http`). Each such command gets the same JSON either way
+and prints it the same way, so its output and exit codes do not depend on
+which way it went.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -13,6 +21,7 @@ import typer
 from rich.console import Console
 
 from mailgate import service
+from mailgate.client import ApiError, Client
 from mailgate.config import Settings, load_settings
 from mailgate.errors import ConfigError, MailgateError, RequestError
 from mailgate.store import Store
@@ -83,3 +92,33 @@ def usage_error(message: str) -> typer.Exit:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@dataclass
+class Gateway:
+    """The running gateway the commands talk to (`--url`, `--key`), when one is named."""
+
+    url: str | None = None
+    key: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.url is not None
+
+
+gateway = Gateway()
+"""Set by the `mailgate` callback for the command it runs."""
+
+
+def over_http(job: Callable[[Client], T]) -> T:
+    """Run `job` with a client of `gateway`; the API's errors printed as the store's are."""
+    assert gateway.url is not None
+    if not gateway.key:
+        raise usage_error("--url needs a key: set MAILGATE_KEY (or give --key)")
+    try:
+        with Client(gateway.url, gateway.key) as client:
+            return job(client)
+    except ApiError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        err.print(f"[red]error{where}:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None

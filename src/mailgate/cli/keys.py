@@ -1,7 +1,8 @@
-"""`mailgate keys`: create, list and revoke API keys, on the store directly.
+"""`mailgate keys`: create, list and revoke API keys, on the store directly or over HTTP.
 
-The CLI holds the database, so it acts on every tenant; its changes are in
-the audit log with no key (`key_id` null).
+On the store the CLI holds the database, so it acts on every tenant; its
+changes are in the audit log with no key (`key_id` null). Over `--url` it
+acts as its key.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from mailgate.cli.common import (
     ConfigOption,
     JsonOption,
     app,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     with_store,
@@ -32,8 +35,13 @@ app.add_typer(keys_app, name="keys")
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="What the key is for.")],
     tenant: Annotated[
-        str, typer.Option("--tenant", help="The tenant it belongs to.")
-    ] = DEFAULT_TENANT,
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="The tenant it belongs to (default: default; over --url, the key's).",
+            show_default=False,
+        ),
+    ] = None,
     scope: Annotated[
         list[Scope] | None,
         typer.Option("--scope", help="What it may do (repeat; default: admin)."),
@@ -42,17 +50,24 @@ def keys_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create an API key. The secret is printed once and never stored."""
-    settings = settings_from(config)
     scopes = scope or [Scope.ADMIN]
-    key, secret = with_store(
-        settings, lambda s: s.create_key(name, tenant_id=tenant, scopes=scopes, actor=CLI)
-    )
+    if gateway.remote:
+        names = [s.value for s in scopes]
+        data = over_http(lambda client: client.create_key(name, names, tenant_id=tenant))
+    else:
+        settings = settings_from(config)
+        owner = tenant or DEFAULT_TENANT
+        data = key_json(
+            *with_store(
+                settings, lambda s: s.create_key(name, tenant_id=owner, scopes=scopes, actor=CLI)
+            )
+        )
     if as_json:
-        print_json(key_json(key, secret))
+        print_json(data)
     else:
         out.print(
-            f"{secret}\n[dim]id {key.id}, tenant {key.tenant_id}, scopes "
-            f"{', '.join(key.scopes)}; shown once, keep it safe[/dim]",
+            f"{data['key']}\n[dim]id {data['id']}, tenant {data['tenant_id']}, scopes "
+            f"{', '.join(data['scopes'])}; shown once, keep it safe[/dim]",
             highlight=False,
         )
 
@@ -60,15 +75,22 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     tenant: Annotated[
-        str | None, typer.Option("--tenant", help="Only this tenant's (default: every tenant's).")
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="Only this tenant's (default: every tenant's; over --url, the key's, * for all).",
+        ),
     ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List API keys, newest first (never their secrets)."""
-    settings = settings_from(config)
-    keys = with_store(settings, lambda s: s.list_keys(tenant_id=tenant))
-    rows = [key_json(k) for k in keys]
+    if gateway.remote:
+        rows = over_http(lambda client: list(client.keys(tenant=tenant, limit=100)))
+    else:
+        settings = settings_from(config)
+        listed = None if tenant == "*" else tenant
+        rows = [key_json(k) for k in with_store(settings, lambda s: s.list_keys(tenant_id=listed))]
     if as_json:
         print_json({"data": rows, "next_cursor": None})
         return
@@ -89,6 +111,8 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Revoke an API key (every process stops taking it within seconds)."""
-    settings = settings_from(config)
-    with_store(settings, lambda s: s.revoke_key(key_id, actor=CLI))
+    if gateway.remote:
+        over_http(lambda client: client.revoke_key(key_id))
+    else:
+        with_store(settings_from(config), lambda s: s.revoke_key(key_id, actor=CLI))
     out.print(f"{key_id} revoked")

@@ -4,8 +4,9 @@ and failed mail queued again."""
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -20,20 +21,29 @@ from mailgate.cli.common import (
     ConfigOption,
     JsonOption,
     app,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     usage_error,
     with_store,
 )
+from mailgate.client import Client
 from mailgate.message import Status
 from mailgate.metrics import Metrics
 from mailgate.store import CLI, DEFAULT_TENANT, NewMessage, Store, utcnow
 from mailgate.store.messages import MessageFilter
 
 TenantOption = Annotated[
-    str, typer.Option("--tenant", help="The tenant the message belongs to.", show_default=True)
+    str | None,
+    typer.Option(
+        "--tenant",
+        help="The tenant the message belongs to (default: default; over --url, the key's).",
+        show_default=False,
+    ),
 ]
+NO_SENDER = "give --from, or set the tenant's default_from or delivery.default_from"
 
 
 @app.command()
@@ -52,7 +62,7 @@ def send(
     cc: Annotated[list[str] | None, typer.Option("--cc")] = None,
     bcc: Annotated[list[str] | None, typer.Option("--bcc")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag")] = None,
-    tenant: TenantOption = DEFAULT_TENANT,
+    tenant: TenantOption = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -73,24 +83,37 @@ def send(
         problem = validation_error(exc)
         raise usage_error(f"({problem.field}) {problem.message}") from None
 
-    async def job(store: Store) -> NewMessage:
-        owner = await store.get_tenant(tenant)
-        chosen = message
-        if message.sender is None and owner.default_from is None:
-            if with_fallback is None:
-                raise usage_error(
-                    "give --from, or set the tenant's default_from or delivery.default_from"
-                )
-            chosen = with_fallback
-        acceptor = Acceptor(store, Metrics(), (p.name for p in settings.providers))
-        item, _ = await acceptor.accept(chosen, owner)
-        return item
+    if gateway.remote:
+        if tenant is not None:
+            raise usage_error("--tenant: over --url a message belongs to the key's tenant")
 
-    item = with_store(settings, job)
-    if as_json:
-        print_json(new_message_json(item))
+        def call(client: Client) -> dict[str, Any]:
+            chosen = raw
+            if sender is None and client.me()["tenant"]["default_from"] is None:
+                if fallback is None:
+                    raise usage_error(NO_SENDER)
+                chosen = {**raw, "from": fallback}
+            return client.send(chosen)
+
+        data = over_http(call)
     else:
-        out.print(f"{item.id} queued")
+
+        async def job(store: Store) -> NewMessage:
+            owner = await store.get_tenant(tenant or DEFAULT_TENANT)
+            chosen = message
+            if message.sender is None and owner.default_from is None:
+                if with_fallback is None:
+                    raise usage_error(NO_SENDER)
+                chosen = with_fallback
+            acceptor = Acceptor(store, Metrics(), (p.name for p in settings.providers))
+            item, _ = await acceptor.accept(chosen, owner)
+            return item
+
+        data = new_message_json(with_store(settings, job))
+    if as_json:
+        print_json(data)
+    else:
+        out.print(f"{data['id']} queued", highlight=False)
 
 
 @app.command()
@@ -100,9 +123,11 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Show a message (of any tenant): status, attempts and events."""
-    settings = settings_from(config)
-    view = with_store(settings, lambda store: store.get_message(None, message_id))
-    data = message_json(view)
+    if gateway.remote:
+        data = over_http(lambda client: client.get(message_id))
+    else:
+        settings = settings_from(config)
+        data = message_json(with_store(settings, lambda store: store.get_message(None, message_id)))
     if as_json:
         print_json(data)
         return
@@ -190,14 +215,21 @@ def retry(
         since=_time(since, "--since"),
         until=_time(until, "--until"),
     )
-    settings = settings_from(config)
+    if gateway.remote:
+        filters = {k: v for k, v in asdict(where).items() if k != "status"}
+        counts = over_http(
+            lambda client: client.retry_failed(**filters, tenant=tenant, dry_run=dry_run)
+        )
+        matched, retried = counts["matched"], counts["retried"]
+    else:
+        settings = settings_from(config)
 
-    async def job(store: Store) -> tuple[int, int]:
-        if tenant is not None:
-            await store.get_tenant(tenant)  # NotFound names it
-        return await store.retry_matching(tenant, where, dry_run=dry_run, actor=CLI)
+        async def job(store: Store) -> tuple[int, int]:
+            if tenant is not None:
+                await store.get_tenant(tenant)  # NotFound names it
+            return await store.retry_matching(tenant, where, dry_run=dry_run, actor=CLI)
 
-    matched, retried = with_store(settings, job)
+        matched, retried = with_store(settings, job)
     if as_json:
         print_json({"matched": matched, "retried": retried})
     elif dry_run:

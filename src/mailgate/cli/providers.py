@@ -16,7 +16,9 @@ from mailgate.cli.common import (
     JsonOption,
     app,
     err,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     with_store,
@@ -40,12 +42,15 @@ def _provider_settings(name: str, config: Path | None) -> Settings:
 @providers_app.command("list")
 def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Each provider: enabled, breaker, recent success rate, last error."""
-    settings = service.effective_settings(settings_from(config))
+    if gateway.remote:
+        rows = over_http(lambda client: client.providers())
+    else:
+        settings = service.effective_settings(settings_from(config))
 
-    async def job(store: Store) -> list[dict[str, Any]]:
-        return await provider_reports(store, settings.providers)
+        async def job(store: Store) -> list[dict[str, Any]]:
+            return await provider_reports(store, settings.providers)
 
-    rows = with_store(settings, job)
+        rows = with_store(settings, job)
     if as_json:
         print_json({"data": rows})
         return
@@ -66,9 +71,16 @@ def providers_list(config: ConfigOption = None, as_json: JsonOption = False) -> 
 
 
 def _switch(name: str, config: Path | None, enabled: bool) -> None:
-    settings = _provider_settings(name, config)
     kind = "enabled" if enabled else "disabled"
-    with_store(settings, lambda s: s.switch_provider(name, kind, actor=CLI, enabled=enabled))
+    if gateway.remote:
+        over_http(
+            lambda client: (
+                client.enable_provider(name) if enabled else client.disable_provider(name)
+            )
+        )
+    else:
+        settings = _provider_settings(name, config)
+        with_store(settings, lambda s: s.switch_provider(name, kind, actor=CLI, enabled=enabled))
     out.print(f"{name} {kind}")
 
 
@@ -80,12 +92,16 @@ def providers_events(
     as_json: JsonOption = False,
 ) -> None:
     """A provider's history: breaker changes, pauses, quotas, failed probes, switches, drills."""
-    settings = _provider_settings(name, config)
+    if gateway.remote:
+        rows = over_http(lambda client: client.provider_events(name, limit=limit))
+    else:
+        settings = _provider_settings(name, config)
 
-    async def job(store: Store) -> list[dict[str, Any]]:
-        return [provider_event_json(e) for e in await store.provider_events(name, limit=limit)]
+        async def job(store: Store) -> list[dict[str, Any]]:
+            events = await store.provider_events(name, limit=limit)
+            return [provider_event_json(e) for e in events]
 
-    rows = with_store(settings, job)
+        rows = with_store(settings, job)
     if as_json:
         print_json({"data": rows})
         return

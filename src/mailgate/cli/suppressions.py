@@ -1,7 +1,9 @@
-"""`mailgate suppressions`: list, add and remove suppressed addresses, on the store directly."""
+"""`mailgate suppressions`: list, add and remove suppressed addresses, on the store directly
+or over HTTP."""
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Annotated
 
 import typer
@@ -14,11 +16,14 @@ from mailgate.cli.common import (
     ConfigOption,
     JsonOption,
     app,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     with_store,
 )
+from mailgate.client import Client
 from mailgate.store import CLI, DEFAULT_TENANT
 
 suppressions_app = typer.Typer(
@@ -27,7 +32,17 @@ suppressions_app = typer.Typer(
 )
 app.add_typer(suppressions_app, name="suppressions")
 
-TenantOption = Annotated[str, typer.Option("--tenant", help="Whose list (default: default).")]
+TenantOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tenant", help="Whose list (default: default; over --url, the key's).", show_default=False
+    ),
+]
+
+
+def _tenant_of(client: Client, tenant: str | None) -> str:
+    """The tenant a call over HTTP acts on: the one named, else the key's."""
+    return tenant if tenant is not None else str(client.me()["tenant"]["id"])
 
 
 def _address(value: str) -> str:
@@ -39,7 +54,7 @@ def _address(value: str) -> str:
 
 @suppressions_app.command("list")
 def suppressions_list(
-    tenant: TenantOption = DEFAULT_TENANT,
+    tenant: TenantOption = None,
     reason: Annotated[
         str | None,
         typer.Option(help="Only this reason: hard_bounce, complaint, unsubscribe, manual."),
@@ -49,9 +64,19 @@ def suppressions_list(
     as_json: JsonOption = False,
 ) -> None:
     """List suppressed addresses, newest first."""
-    settings = settings_from(config)
-    found = with_store(settings, lambda s: s.list_suppressions(tenant, limit=limit, reason=reason))
-    rows = [suppression_json(s) for s in found]
+    if gateway.remote:
+        rows = over_http(
+            lambda client: list(
+                islice(client.suppressions(tenant=tenant, reason=reason, limit=100), limit)
+            )
+        )
+    else:
+        settings = settings_from(config)
+        owner = tenant or DEFAULT_TENANT
+        found = with_store(
+            settings, lambda s: s.list_suppressions(owner, limit=limit, reason=reason)
+        )
+        rows = [suppression_json(s) for s in found]
     if as_json:
         print_json({"data": rows, "next_cursor": None})
         return
@@ -64,24 +89,45 @@ def suppressions_list(
 @suppressions_app.command("add")
 def suppressions_add(
     email: Annotated[str, typer.Argument(metavar="EMAIL")],
-    tenant: TenantOption = DEFAULT_TENANT,
+    tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Suppress an address: mail to it is dropped before the send."""
-    settings = settings_from(config)
     address = _address(email)
-    with_store(settings, lambda s: s.add_suppression(tenant, address, "manual", actor=CLI))
-    out.print(f"{address} suppressed for tenant {tenant}")
+    if gateway.remote:
+
+        def call(client: Client) -> str:
+            owner = _tenant_of(client, tenant)
+            client.suppress(address, tenant=owner)
+            return owner
+
+        owner = over_http(call)
+    else:
+        owner = tenant or DEFAULT_TENANT
+        with_store(
+            settings_from(config),
+            lambda s: s.add_suppression(owner, address, "manual", actor=CLI),
+        )
+    out.print(f"{address} suppressed for tenant {owner}")
 
 
 @suppressions_app.command("remove")
 def suppressions_remove(
     email: Annotated[str, typer.Argument(metavar="EMAIL")],
-    tenant: TenantOption = DEFAULT_TENANT,
+    tenant: TenantOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Let mail to an address through again."""
-    settings = settings_from(config)
     address = _address(email)
-    with_store(settings, lambda s: s.remove_suppression(tenant, address, actor=CLI))
-    out.print(f"{address} removed from tenant {tenant}'s suppressions")
+    if gateway.remote:
+
+        def call(client: Client) -> str:
+            owner = _tenant_of(client, tenant)
+            client.unsuppress(address, tenant=owner)
+            return owner
+
+        owner = over_http(call)
+    else:
+        owner = tenant or DEFAULT_TENANT
+        with_store(settings_from(config), lambda s: s.remove_suppression(owner, address, actor=CLI))
+    out.print(f"{address} removed from tenant {owner}'s suppressions")

@@ -1,7 +1,8 @@
 """`mailgate tenants`: create, list, show, change, disable and enable tenants.
 
 The same rules as `/v1/tenants` (the same models check the values); a
-tenant is named by its id or its name.
+tenant is named by its id or its name. Over `--url` they are that API's
+calls, made with an admin key.
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ from mailgate.cli.common import (
     ConfigOption,
     JsonOption,
     app,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     usage_error,
     with_store,
 )
+from mailgate.client import Client
+from mailgate.client import NotFound as NotListed
 from mailgate.errors import NotFound
 from mailgate.store import CLI, Store, Tenant
 
@@ -76,8 +81,18 @@ async def _find(store: Store, ref: str) -> Tenant:
         raise
 
 
-def _show(tenant: Tenant, used: dict[str, int], as_json: bool) -> None:
-    data = tenant_json(tenant, used.get(tenant.id))
+def _tenant_id(client: Client, ref: str) -> str:
+    """The id of the tenant `ref` names (its id or its name), asking the gateway."""
+    try:
+        return str(client.tenant(ref)["id"])
+    except NotListed:
+        for tenant in client.tenants():
+            if tenant["name"] == ref:
+                return str(tenant["id"])
+        raise
+
+
+def _show(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(data)
         return
@@ -112,34 +127,39 @@ def tenants_create(
         if v is not None
     }
     body: TenantIn = _model(TenantIn, values)
-
-    async def job(store: Store) -> tuple[Tenant, dict[str, int]]:
-        check_rules(
-            {p.name for p in settings.providers},
-            sender_domains=body.sender_domains,
-            default_from=body.default_from,
-            providers=body.providers,
-        )
-        return await store.create_tenant(new_tenant(body), actor=CLI), {}
-
-    tenant, used = with_store(settings, job)
-    if as_json:
-        _show(tenant, used, True)
+    if gateway.remote:
+        data = over_http(lambda client: client.create_tenant(**values))
     else:
-        out.print(f"{tenant.id} created ({tenant.name})", highlight=False)
+
+        async def job(store: Store) -> Tenant:
+            check_rules(
+                {p.name for p in settings.providers},
+                sender_domains=body.sender_domains,
+                default_from=body.default_from,
+                providers=body.providers,
+            )
+            return await store.create_tenant(new_tenant(body), actor=CLI)
+
+        data = tenant_json(with_store(settings, job), None)
+    if as_json:
+        _show(data, True)
+    else:
+        out.print(f"{data['id']} created ({data['name']})", highlight=False)
 
 
 @tenants_app.command("list")
 def tenants_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Every tenant, newest first."""
-    settings = settings_from(config)
+    if gateway.remote:
+        rows = over_http(lambda client: list(client.tenants()))
+    else:
 
-    async def job(store: Store) -> tuple[list[Tenant], dict[str, int]]:
-        found = await store.list_tenants()
-        return found, await store.used_today([t.id for t in found])
+        async def job(store: Store) -> tuple[list[Tenant], dict[str, int]]:
+            found = await store.list_tenants()
+            return found, await store.used_today([t.id for t in found])
 
-    found, used = with_store(settings, job)
-    rows = [tenant_json(t, used.get(t.id)) for t in found]
+        found, used = with_store(settings_from(config), job)
+        rows = [tenant_json(t, used.get(t.id)) for t in found]
     if as_json:
         print_json({"data": rows, "next_cursor": None})
         return
@@ -157,13 +177,16 @@ def tenants_list(config: ConfigOption = None, as_json: JsonOption = False) -> No
 @tenants_app.command("show")
 def tenants_show(ref: Ref, config: ConfigOption = None, as_json: JsonOption = False) -> None:
     """One tenant and how much of today's quota it used."""
-    settings = settings_from(config)
+    if gateway.remote:
+        data = over_http(lambda client: client.tenant(_tenant_id(client, ref)))
+    else:
 
-    async def job(store: Store) -> tuple[Tenant, dict[str, int]]:
-        tenant = await _find(store, ref)
-        return tenant, await store.used_today([tenant.id])
+        async def job(store: Store) -> dict[str, Any]:
+            tenant = await _find(store, ref)
+            return tenant_json(tenant, (await store.used_today([tenant.id])).get(tenant.id))
 
-    _show(*with_store(settings, job), as_json)
+        data = with_store(settings_from(config), job)
+    _show(data, as_json)
 
 
 @tenants_app.command("update")
@@ -202,25 +225,38 @@ def tenants_update(
             raise usage_error(f"--clear takes one of {', '.join(CLEARABLE)}")
         values[field] = None
     patch: TenantPatch = _model(TenantPatch, values)
+    if gateway.remote:
+        # Only the fields given; a cleared one is sent as null.
+        data = over_http(lambda client: client.update_tenant(_tenant_id(client, ref), **values))
+    else:
 
-    async def job(store: Store) -> tuple[Tenant, dict[str, int]]:
-        before = await _find(store, ref)
-        changes = patch_values(patch, before, {p.name for p in settings.providers})
-        tenant = await store.update_tenant(before.id, actor=CLI, **changes)
-        return tenant, await store.used_today([tenant.id])
+        async def job(store: Store) -> dict[str, Any]:
+            before = await _find(store, ref)
+            changes = patch_values(patch, before, {p.name for p in settings.providers})
+            tenant = await store.update_tenant(before.id, actor=CLI, **changes)
+            return tenant_json(tenant, (await store.used_today([tenant.id])).get(tenant.id))
 
-    _show(*with_store(settings, job), as_json)
+        data = with_store(settings, job)
+    _show(data, as_json)
 
 
 def _switch(ref: str, config: Any, enabled: bool) -> None:
-    settings = settings_from(config)
+    if gateway.remote:
 
-    async def job(store: Store) -> Tenant:
-        tenant = await _find(store, ref)
-        return await store.update_tenant(tenant.id, actor=CLI, enabled=enabled)
+        def call(client: Client) -> str:
+            tenant_id = _tenant_id(client, ref)
+            switch = client.enable_tenant if enabled else client.disable_tenant
+            return str(switch(tenant_id)["id"])
 
-    tenant = with_store(settings, job)
-    out.print(f"{tenant.id} {'enabled' if enabled else 'disabled'}", highlight=False)
+        tenant_id = over_http(call)
+    else:
+
+        async def job(store: Store) -> str:
+            tenant = await _find(store, ref)
+            return (await store.update_tenant(tenant.id, actor=CLI, enabled=enabled)).id
+
+        tenant_id = with_store(settings_from(config), job)
+    out.print(f"{tenant_id} {'enabled' if enabled else 'disabled'}", highlight=False)
 
 
 @tenants_app.command("disable")

@@ -1,8 +1,9 @@
-"""`mailgate webhooks`: the tenants' endpoints, on the store directly."""
+"""`mailgate webhooks`: the tenants' endpoints, on the store directly or over HTTP."""
 
 from __future__ import annotations
 
 import asyncio
+from itertools import islice
 from typing import Annotated
 
 import typer
@@ -14,7 +15,9 @@ from mailgate.cli.common import (
     ConfigOption,
     JsonOption,
     app,
+    gateway,
     out,
+    over_http,
     print_json,
     settings_from,
     with_store,
@@ -36,12 +39,18 @@ def webhooks_create(
         typer.Option("--event", help="An event type to send (repeat; default: every one)."),
     ] = None,
     description: Annotated[str | None, typer.Option(help="What it is for.")] = None,
-    tenant: Annotated[str, typer.Option("--tenant", help="Whose endpoint.")] = DEFAULT_TENANT,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="Whose endpoint (default: default; over --url, the key's).",
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Add an endpoint. Its signing secret is printed once."""
-    settings = settings_from(config)
     events = event or ["*"]
     unknown = [e for e in events if e != "*" and e not in SUBSCRIBABLE]
     if unknown:
@@ -49,18 +58,28 @@ def webhooks_create(
             f"unknown event type {unknown[0]!r} (one of {', '.join(SUBSCRIBABLE)})",
             param_hint="--event",
         )
+    # Over --url the gateway checks the address against its own block_private_addresses.
+    settings = None if gateway.remote else settings_from(config)
+    block = settings is not None and settings.webhooks.block_private_addresses
     try:
-        asyncio.run(check_endpoint(url, block_private=settings.webhooks.block_private_addresses))
+        asyncio.run(check_endpoint(url, block_private=block))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--url") from None
-    endpoint = with_store(
-        settings, lambda s: s.create_webhook(tenant, url, events, description, actor=CLI)
-    )
+    if settings is None:
+        fields = {"events": events, "description": description, "tenant_id": tenant}
+        data = over_http(lambda client: client.create_webhook(url, **fields))
+    else:
+        owner = tenant or DEFAULT_TENANT
+        endpoint = with_store(
+            settings,
+            lambda s: s.create_webhook(owner, url, events, description, actor=CLI),
+        )
+        data = webhook_json(endpoint, secret=True)
     if as_json:
-        print_json(webhook_json(endpoint, secret=True))
+        print_json(data)
         return
     out.print(
-        f"{endpoint.id} → {endpoint.url}\nsecret {endpoint.secret}\n"
+        f"{data['id']} → {data['url']}\nsecret {data['secret']}\n"
         "[dim]verify each delivery's webhook-signature with it; shown once[/dim]",
         highlight=False,
     )
@@ -69,15 +88,22 @@ def webhooks_create(
 @webhooks_app.command("list")
 def webhooks_list(
     tenant: Annotated[
-        str | None, typer.Option("--tenant", help="Only this tenant's (default: every tenant's).")
+        str | None,
+        typer.Option(
+            "--tenant",
+            help="Only this tenant's (default: every tenant's; over --url, the key's, * for all).",
+        ),
     ] = None,
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List endpoints, newest first."""
-    settings = settings_from(config)
-    found = with_store(settings, lambda s: s.list_webhooks(tenant_id=tenant))
-    rows = [webhook_json(w) for w in found]
+    if gateway.remote:
+        rows = over_http(lambda client: list(client.webhooks(tenant=tenant, limit=100)))
+    else:
+        listed = None if tenant == "*" else tenant
+        found = with_store(settings_from(config), lambda s: s.list_webhooks(tenant_id=listed))
+        rows = [webhook_json(w) for w in found]
     if as_json:
         print_json({"data": rows, "next_cursor": None})
         return
@@ -96,9 +122,17 @@ def webhooks_deliveries(
     as_json: JsonOption = False,
 ) -> None:
     """What was delivered to an endpoint, newest first, with every try."""
-    settings = settings_from(config)
-    found = with_store(settings, lambda s: s.webhook_deliveries(None, webhook_id, limit=limit))
-    rows = [delivery_json(d) for d in found]
+    if gateway.remote:
+        rows = over_http(
+            lambda client: list(
+                islice(client.webhook_deliveries(webhook_id, limit=min(limit, 100)), limit)
+            )
+        )
+    else:
+        found = with_store(
+            settings_from(config), lambda s: s.webhook_deliveries(None, webhook_id, limit=limit)
+        )
+        rows = [delivery_json(d) for d in found]
     if as_json:
         print_json({"data": rows, "next_cursor": None})
         return
@@ -117,6 +151,10 @@ def webhooks_test(
     webhook_id: Annotated[str, typer.Argument(metavar="ID")], config: ConfigOption = None
 ) -> None:
     """Send an endpoint a `webhook.test` event (a worker delivers it)."""
-    settings = settings_from(config)
-    delivery_id = with_store(settings, lambda s: s.test_webhook(None, webhook_id, actor=CLI))
+    if gateway.remote:
+        delivery_id = over_http(lambda client: client.test_webhook(webhook_id))["delivery_id"]
+    else:
+        delivery_id = with_store(
+            settings_from(config), lambda s: s.test_webhook(None, webhook_id, actor=CLI)
+        )
     out.print(f"delivery {delivery_id} queued for {webhook_id}")

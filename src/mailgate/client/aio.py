@@ -222,6 +222,7 @@ class AsyncClient:
         return dict(await self.call(calls.webhook(webhook_id)))
 
     async def update_webhook(self, webhook_id: str, **fields: Any) -> Json:
+        """Change only the fields given; `None` clears a field."""
         return dict(await self.call(calls.update_webhook(webhook_id, fields)))
 
     async def delete_webhook(self, webhook_id: str) -> None:
@@ -262,6 +263,7 @@ class AsyncClient:
         return dict(await self.call(calls.create_tenant({"name": name, **fields})))
 
     async def update_tenant(self, tenant_id: str, **fields: Any) -> Json:
+        """Change only the fields given; `None` clears a field."""
         return dict(await self.call(calls.update_tenant(tenant_id, fields)))
 
     async def enable_tenant(self, tenant_id: str) -> Json:

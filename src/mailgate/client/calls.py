@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mailgate.client.core import Call, body, message_body, query, segment, send_call
+from mailgate.client.core import Call, body, message_body, patch, query, segment, send_call
 
 
 def send(message: Mapping[str, Any] | None, idempotency_key: str | None, **fields: Any) -> Call:
@@ -92,7 +92,7 @@ def webhook(webhook_id: str) -> Call:
 
 
 def update_webhook(webhook_id: str, fields: Mapping[str, Any]) -> Call:
-    return Call("PATCH", f"/v1/webhooks/{segment(webhook_id)}", json=body(fields))
+    return Call("PATCH", f"/v1/webhooks/{segment(webhook_id)}", json=patch(fields))
 
 
 def delete_webhook(webhook_id: str) -> Call:
@@ -142,7 +142,7 @@ def create_tenant(fields: Mapping[str, Any]) -> Call:
 
 
 def update_tenant(tenant_id: str, fields: Mapping[str, Any]) -> Call:
-    return Call("PATCH", f"/v1/tenants/{segment(tenant_id)}", json=body(fields))
+    return Call("PATCH", f"/v1/tenants/{segment(tenant_id)}", json=patch(fields))
 
 
 def switch_tenant(tenant_id: str, enabled: bool) -> Call:

@@ -101,6 +101,14 @@ def body(values: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def patch(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A PATCH body: only the fields given, where None is sent as null (it clears the field)."""
+    return {
+        name: value.isoformat() if isinstance(value, datetime) else value
+        for name, value in values.items()
+    }
+
+
 def message_body(message: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> dict[str, Any]:
     """A message to send, from a dict as the API takes it and/or keyword fields.
 

@@ -207,6 +207,7 @@ class Client:
         return dict(self.call(calls.webhook(webhook_id)))
 
     def update_webhook(self, webhook_id: str, **fields: Any) -> Json:
+        """Change only the fields given; `None` clears a field."""
         return dict(self.call(calls.update_webhook(webhook_id, fields)))
 
     def delete_webhook(self, webhook_id: str) -> None:
@@ -247,6 +248,7 @@ class Client:
         return dict(self.call(calls.create_tenant({"name": name, **fields})))
 
     def update_tenant(self, tenant_id: str, **fields: Any) -> Json:
+        """Change only the fields given; `None` clears a field."""
         return dict(self.call(calls.update_tenant(tenant_id, fields)))
 
     def enable_tenant(self, tenant_id: str) -> Json:

@@ -274,6 +274,7 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.timeout(300)  # a million rows queued, then 25,000 delivered: a minute or two
 async def test_a_million_queued_messages(tmp_path: Path, fakes: Fakes, pg_store: Store) -> None:
     await bulk_queue(pg_store, 1, 1_000)
     small, _ = await claim_buffers(pg_store)

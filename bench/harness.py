@@ -142,6 +142,8 @@ class Service:
     cwd: Path
     database_url: str
     pid: int
+    smtp: tuple[str, int] | None = None
+    """SMTP submission's host and port, when the service was started with it."""
 
 
 @contextlib.asynccontextmanager
@@ -153,9 +155,11 @@ async def service(
     api_processes: int = 1,
     keep: int = 0,
     provider_settings: dict[str, Any] | None = None,
+    smtp_server: bool = False,
     **delivery: Any,
 ) -> AsyncIterator[Service]:
-    """Fresh directory and database, two fakes, and `mailgate serve`."""
+    """Fresh directory and database, two fakes, and `mailgate serve` (with SMTP submission
+    on a free loopback port, plain, when `smtp_server`)."""
     with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as tmp:
         cwd = Path(tmp)
         async with (
@@ -166,6 +170,9 @@ async def service(
             config = write_config(
                 cwd / "mailgate.toml", db_url, sg, mg, provider_settings, **delivery
             )
+            if smtp_server:
+                smtp = "[smtp_server]\nenabled = true\nport = 0\nrequire_tls = false\n"
+                config.write_text(config.read_text() + smtp)
             args = ["-m", "mailgate", "serve", "--port", "0", "--config", str(config)]
             args += ["--workers", str(api_processes)]
             if not worker:
@@ -173,7 +180,13 @@ async def service(
             async with process(*args, cwd=cwd) as p:
                 url = (await p.wait_for(r"listening on (http://\S+)"))[1]
                 key = (await p.wait_for(r"API key: (mg_\S+)"))[1]
-                yield Service(url, key, sg, mg, config, cwd, database_url=db_url, pid=p.proc.pid)
+                smtp_at = None
+                if smtp_server:
+                    found = await p.wait_for(r"listening on smtp://([0-9.]+):(\d+)")
+                    smtp_at = (found[1], int(found[2]))
+                yield Service(
+                    url, key, sg, mg, config, cwd, database_url=db_url, pid=p.proc.pid, smtp=smtp_at
+                )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -154,6 +154,30 @@ def test_utf8_headers_encoded_words_and_folding() -> None:
     assert message.headers == {"X-Note": "one two, three"}
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body", "text"),
+    [
+        (None, "Grüße 🌍".encode(), "Grüße 🌍"),  # no MIME at all, as `sendmail` users write
+        ("text/plain", "Grüße 🌍".encode(), "Grüße 🌍"),
+        ("text/plain; charset=us-ascii", "Grüße".encode(), "Grüße"),
+        ("text/plain", "Grüße".encode("latin-1"), "Gr\ufffd\ufffde"),  # not UTF-8: MIME's rule
+        ("text/plain; charset=iso-8859-1", "Grüße".encode("latin-1"), "Grüße"),
+        ("text/plain; charset=iso-8859-1", "Grüße".encode(), "GrÃ¼Ã\x9fe"),  # as declared
+    ],
+)
+def test_8bit_text_without_a_charset_is_read_as_utf8(
+    content_type: str | None, body: bytes, text: str
+) -> None:
+    head = b"From: ada@example.com\r\nTo: bob@example.org\r\nSubject: Hi\r\n"
+    if content_type is not None:
+        head += f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n".encode()
+    raw = head + b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body + b"\r\n"
+    fields = message_fields(
+        parse_message(raw), mail_from="ada@example.com", rcpt_tos=["bob@example.org"]
+    )
+    assert fields["text"] == text
+
+
 def test_parts_without_names_and_forwarded_messages_become_attachments() -> None:
     forwarded = EmailMessage()
     forwarded["From"] = "someone@example.net"

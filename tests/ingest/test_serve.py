@@ -6,7 +6,9 @@ import asyncio
 import base64
 import os
 import re
+import smtplib
 import sys
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,53 @@ async def test_a_message_submitted_over_smtp_is_delivered_with_its_parts(
     assert body["headers"]["X-Campaign"] == "q3"
     assert body["headers"]["List-Unsubscribe"] == "<mailto:unsubscribe@example.com>"
     assert body["personalizations"][0]["bcc"] == [{"email": "e@x.org"}]
+
+
+def send_with_smtplib(host: str, port: int, key: str, msg: EmailMessage) -> None:
+    """The standard library's client, which blocks: run it in a thread."""
+    with smtplib.SMTP(host, port, timeout=30) as smtp:
+        smtp.login("app", key)
+        assert smtp.send_message(msg) == {}  # no recipient refused
+
+
+async def test_non_ascii_headers_and_an_attachment_reach_the_provider_intact(
+    tmp_path: Path, fakes: Fakes
+) -> None:
+    # The email package writes the headers as RFC 2047 encoded words and the file
+    # name as an RFC 2231 parameter (filename*=utf-8''...).
+    msg = EmailMessage()
+    msg["From"] = "Zoë Ünïcode <zoe@example.com>"
+    msg["To"] = "Jürgen Groß <juergen@example.org>"
+    msg["Subject"] = "Grüße aus Berlin 🌍, Ångström café"
+    msg.set_content("Hallo Jürgen,\nder Bericht hängt an. 🌍\n")
+    msg.add_attachment(PDF, maintype="application", subtype="pdf", filename="Bericht März.pdf")
+    assert b"=?utf-8?" in msg.as_bytes() and b"filename*=utf-8''" in msg.as_bytes()
+    config = config_with_smtp(tmp_path, fakes, "")
+    async with mailgate("serve", "--port", "0", "--config", str(config), cwd=tmp_path) as server:
+        url = (await server.wait_for(URL))[1]
+        key = (await server.wait_for(KEY))[1]
+        smtp_line = await server.wait_for(SMTP_LINE)
+        await asyncio.to_thread(send_with_smtplib, smtp_line[1], int(smtp_line[2]), key, msg)
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
+            [listed] = (await client.get("/v1/messages")).json()["data"]
+            done = await wait_status(client, listed["id"], "sent", "delivered")
+        assert done["subject"] == "Grüße aus Berlin 🌍, Ångström café"
+        assert await server.stop() == 0
+    [sent] = [r for r in fakes.sendgrid.received if r.mailgate_id == listed["id"]]
+    body: dict[str, Any] = sent.fields
+    assert body["subject"] == "Grüße aus Berlin 🌍, Ångström café"
+    assert body["from"] == {"email": "zoe@example.com", "name": "Zoë Ünïcode"}
+    assert body["personalizations"][0]["to"] == [
+        {"email": "juergen@example.org", "name": "Jürgen Groß"}
+    ]
+    assert body["content"] == [
+        {"type": "text/plain", "value": "Hallo Jürgen,\nder Bericht hängt an. 🌍"}
+    ]
+    [attachment] = body["attachments"]
+    assert (attachment["filename"], attachment["type"]) == ("Bericht März.pdf", "application/pdf")
+    assert base64.b64decode(attachment["content"]) == PDF
 
 
 async def test_several_api_processes_share_one_smtp_socket(tmp_path: Path, fakes: Fakes) -> None:

@@ -12,7 +12,8 @@ HTTP API. What is kept, and why:
   address that is not also an envelope recipient is refused: mailgate
   delivers to every To and Cc address, and would otherwise send to someone
   the client did not ask it to (a list expansion, a per-recipient copy).
-- The text/plain and text/html bodies `EmailMessage.get_body` picks. Every
+- The text/plain and text/html bodies `EmailMessage.get_body` picks (8-bit
+  text that names no charset is read as UTF-8 when it is valid UTF-8). Every
   other leaf part (attachments, inline images, a forwarded message) is kept
   as an attachment, with its file name or a made-up one. mailgate's
   message has no Content-ID, so an inline image arrives as an attachment
@@ -154,13 +155,34 @@ def _leaves(part: EmailMessage) -> Iterator[EmailMessage]:
 def _text(part: EmailMessage) -> str:
     """A body part's text, with `\\n` line breaks; the one line break MIME always ends a
     body with is not the sender's, so it goes."""
-    try:
-        text = str(part.get_content())
-    except (LookupError, UnicodeError):  # a charset Python does not know
-        payload = part.get_payload(decode=True)
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    text = _undeclared_utf8(part)
+    if text is None:
+        try:
+            text = str(part.get_content())
+        except (LookupError, UnicodeError):  # a charset Python does not know
+            payload = part.get_payload(decode=True)
+            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     text = text.replace("\r\n", "\n")
     return text[:-1] if text.endswith("\n") else text
+
+
+def _undeclared_utf8(part: EmailMessage) -> str | None:
+    """8-bit text that names no charset (or US-ASCII, which 8-bit text cannot be), read
+    as UTF-8 when it is valid UTF-8; None otherwise.
+
+    Plain `sendmail`-style messages and simple command-line clients send UTF-8
+    bodies without a charset. MIME's default, US-ASCII, would turn each of their
+    non-ASCII bytes into U+FFFD; valid UTF-8 is what such a sender meant.
+    """
+    if part.get_content_charset() not in (None, "us-ascii", "ascii"):
+        return None
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes) or payload.isascii():
+        return None
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _attachment(part: EmailMessage, index: int) -> dict[str, str]:

@@ -144,6 +144,28 @@ async def test_expired_leases_are_reclaimed_and_the_lost_try_recorded(store: Sto
     assert claimed.id == item.id
 
 
+async def test_a_dead_workers_leases_are_reclaimed_before_they_run_out(store: Store) -> None:
+    dead, alive = new(), new()
+    await store.accept(dead)
+    await store.accept(alive)
+    started = utcnow()
+    await store.heartbeat("gone", "worker", started)
+    await store.heartbeat("busy", "worker", started)
+    [claimed] = await store.claim("gone", limit=1, lease_seconds=60)
+    assert claimed.id == dead.id
+    await store.claim("busy", limit=1, lease_seconds=60)
+    assert await store.reclaim_expired(["gone"]) == [dead.id]  # only the dead one's
+    view = await store.get_message("default", dead.id)
+    assert view.status == "queued" and view.events[-1].detail == {"worker": "gone"}
+    assert [a.outcome for a in view.attempts] == ["ambiguous"]
+    assert (await store.get_message("default", alive.id)).status == "sending"
+    # The dead worker is no longer counted, its last heartbeat kept...
+    assert set(await store.worker_beats(within_seconds=60)) == {"busy"}
+    # ...until it beats again: then it was alive after all.
+    await store.heartbeat("gone", "worker", started)
+    assert set(await store.worker_beats(within_seconds=60)) == {"busy", "gone"}
+
+
 async def test_live_leases_are_extended_not_reclaimed(store: Store) -> None:
     item = new()
     await store.accept(item)

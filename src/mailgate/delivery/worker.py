@@ -6,10 +6,12 @@ work is accepted in this process, or the poll interval passes. Beside it:
 
 - a lease keeper pushes the lease of every in-flight message forward, so a
   slow round (several providers timing out) never loses its lease while
-  the worker is alive, and a dead worker's messages come free after
-  `lease_seconds`;
-- a reclaimer queues again messages whose worker died (their lease ran out),
-  recording the lost try as an `ambiguous` attempt;
+  the worker is alive;
+- a heartbeat each second says this worker is alive, and watches the
+  others': the messages leased to a worker whose heartbeat stopped are
+  queued again within seconds (`mailgate.delivery.silence`), and a lease
+  that runs out (`lease_seconds`) is the backstop for a worker that never
+  beat; either way the lost try is recorded as an `ambiguous` attempt;
 - a refresher adopts provider state other processes stored.
 
 A store outage never stops the worker: it backs off and carries on. A
@@ -24,13 +26,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from mailgate.config import Settings
 from mailgate.delivery.backoff import BackoffPolicy
 from mailgate.delivery.pool import ProviderPool
 from mailgate.delivery.router import Router
+from mailgate.delivery.silence import Silence
 from mailgate.delivery.webhooks import WebhookSender
 from mailgate.errors import StoreUnavailable
 from mailgate.message import new_id
@@ -74,6 +78,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._started_at = datetime.now(UTC)
+        self._silence = Silence()
         store.on_accept(lambda _n: self._wake.set())
         self.webhooks = WebhookSender(settings, store, metrics, owner=self.id)
         """Delivers the outbox to the tenants' endpoints beside the mail."""
@@ -95,6 +100,7 @@ class Worker:
         helpers = [
             self._every(self.delivery.lease_seconds / 3, self._keep_leases),
             self._every(min(self.delivery.lease_seconds / 4, 5.0), self._reclaim),
+            self._every(REFRESH_SECONDS, self._beat),
             self._every(REFRESH_SECONDS, self._refresh),
             self._every(REFRESH_SECONDS, self.pool.probe_due),
         ]
@@ -102,6 +108,7 @@ class Worker:
         helper_tasks.append(asyncio.create_task(self.store.listen(self._wake.set)))
         webhooks = asyncio.create_task(self.webhooks.run(), name="webhooks")
         try:
+            await self._guarded(self._beat)
             await self._guarded(self._refresh)
             await self._claim_loop()
         finally:
@@ -211,11 +218,13 @@ class Worker:
         if ids:
             await self.store.extend_leases(self.id, ids, lease_seconds=self.delivery.lease_seconds)
 
-    async def _reclaim(self) -> None:
+    async def _reclaim(self, dead: Sequence[str] = ()) -> None:
         # Our own leases first: after a store outage longer than a lease, our
         # in-flight messages must not look abandoned to our own reclaimer.
         await self._keep_leases()
-        reclaimed = await self.store.reclaim_expired()
+        if dead:
+            log.warning("worker %s: taking back the leases of silent workers %s", self.id, dead)
+        reclaimed = await self.store.reclaim_expired(dead)
         if reclaimed:
             self.metrics.reclaimed.inc(len(reclaimed))
             log.warning(
@@ -226,11 +235,22 @@ class Worker:
             )
             self._wake.set()
 
-    async def _refresh(self) -> None:
-        """Say we are alive, count who else is, and adopt the stored provider state."""
+    async def _beat(self) -> None:
+        """Say we are alive, count who else is, and take back the leases of the dead
+        (`mailgate.delivery.silence`). Its own task, so nothing slow delays a heartbeat."""
         await self.store.heartbeat(self.id, "worker", self._started_at)
-        workers = await self.store.live_workers(within_seconds=3 * REFRESH_SECONDS)
-        self.pool.set_workers(max(1, workers))
+        self._silence.beat(time.monotonic())
+        beats = await self.store.worker_beats(
+            within_seconds=self.delivery.lease_seconds + self._silence.dead_after
+        )
+        recent = datetime.now(UTC) - timedelta(seconds=3 * REFRESH_SECONDS)
+        self.pool.set_workers(max(1, sum(1 for seen in beats.values() if seen >= recent)))
+        dead = self._silence.observe(beats, time.monotonic(), me=self.id)
+        if dead:
+            await self._reclaim(dead)
+
+    async def _refresh(self) -> None:
+        """Adopt the stored provider state."""
         await self.pool.refresh()
 
     async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:

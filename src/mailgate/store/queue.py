@@ -21,6 +21,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -262,17 +263,23 @@ def release(conn: Connection, *, owner: str, ids: Sequence[str], now: datetime) 
     )
 
 
-def reclaim_expired(conn: Connection, *, now: datetime, limit: int = 1000) -> list[str]:
-    """Queue again messages whose worker lost its lease mid-send (it died or hung).
+def reclaim_expired(
+    conn: Connection, *, now: datetime, dead: Sequence[str] = (), limit: int = 1000
+) -> list[str]:
+    """Queue again messages whose worker lost its lease mid-send (it died or hung), and
+    every message leased by a worker in `dead` (its heartbeat stopped), lease or not.
 
     The lost try may have reached a provider, so it is recorded as an
     `ambiguous` attempt and a `reclaimed` event naming the old owner: a
     resulting double send is visible in the message's history.
     """
+    lost = messages.c.lease_until < now
+    if dead:
+        lost = or_(lost, messages.c.lease_owner.in_(list(dead)))
     rows = (
         conn.execute(
             select(messages.c.id, messages.c.lease_owner, messages.c.lease_until)
-            .where(messages.c.status == Status.SENDING, messages.c.lease_until < now)
+            .where(messages.c.status == Status.SENDING, lost)
             .order_by(messages.c.lease_until)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -298,7 +305,7 @@ def reclaim_expired(conn: Connection, *, now: datetime, limit: int = 1000) -> li
             {
                 "message_id": r.id,
                 "provider": None,
-                "started_at": r.lease_until,
+                "started_at": min(r.lease_until, now),
                 "duration_ms": 0,
                 "outcome": Outcome.AMBIGUOUS,
                 "status_code": None,

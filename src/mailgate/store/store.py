@@ -351,8 +351,10 @@ class Store:
     async def release(self, owner: str, ids: Sequence[str]) -> None:
         await self.db.write(queue.release, owner=owner, ids=ids, now=utcnow())
 
-    async def reclaim_expired(self) -> list[str]:
-        return await self.db.write(_reclaim, utcnow())
+    async def reclaim_expired(self, dead: Sequence[str] = ()) -> list[str]:
+        """Queue again what lost its worker: leases that ran out, and every lease of a worker
+        in `dead` (taken for dead from its heartbeats; it is marked stopped)."""
+        return await self.db.write(_reclaim, utcnow(), dead)
 
     async def listen(self, on_work: Callable[[], None]) -> None:
         """Call `on_work()` when another process makes work due; runs until cancelled.
@@ -404,6 +406,12 @@ class Store:
         return await self.db.write(
             provider_rows.claim_probe, name, now=utcnow(), every=timedelta(seconds=every_seconds)
         )
+
+    async def worker_beats(self, *, within_seconds: float) -> dict[str, datetime]:
+        """The workers not stopped and seen within the last `within_seconds`, with the last
+        heartbeat each wrote (by its own clock)."""
+        since = utcnow() - timedelta(seconds=within_seconds)
+        return await self.db.read(nodes.worker_beats, since=since)
 
     async def live_workers(self, *, within_seconds: float) -> int:
         since = utcnow() - timedelta(seconds=within_seconds)
@@ -522,8 +530,10 @@ def utc_day(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d")
 
 
-def _reclaim(conn: Connection, now: datetime) -> list[str]:
-    reclaimed = queue.reclaim_expired(conn, now=now)
+def _reclaim(conn: Connection, now: datetime, dead: Sequence[str]) -> list[str]:
+    if dead:
+        nodes.given_up(conn, dead, now=now)
+    reclaimed = queue.reclaim_expired(conn, now=now, dead=dead)
     if reclaimed:
         notify(conn)
     return reclaimed

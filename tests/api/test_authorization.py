@@ -273,6 +273,20 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/v1/events"): Rule(READ, 200, _listing("/v1/events"), other=403),
     ("GET", "/v1/events/stream"): Rule(READ, 200, _stream("/v1/events/stream"), other=403),
 }
+COMPAT = (
+    {("POST", path) for prefix in ("", "/compat/sendgrid") for path in (f"{prefix}/v3/mail/send",)}
+    | {
+        ("POST", path)
+        for prefix in ("", "/compat/mailgun")
+        for path in (f"{prefix}/v3/{{domain}}/messages", f"{prefix}/v3/{{domain}}/messages.mime")
+    }
+    | {
+        ("POST", path)
+        for prefix in ("", "/compat/postmark")
+        for path in (f"{prefix}/email", f"{prefix}/email/batch")
+    }
+)
+"""The drop-in provider APIs: a `send` key where the provider's SDK puts its own (tests/compat)."""
 SIGNED = {("POST", "/v1/providers/{name}/webhook"), ("HEAD", "/v1/providers/{name}/webhook")}
 """Routes that take the provider's own signature instead of a key (tests/events)."""
 
@@ -282,11 +296,20 @@ def routes_of(settings: Settings, store: Store) -> tuple[set[tuple[str, str]], s
     app = create_app(settings, store, Metrics())
     guarded: set[tuple[str, str]] = set()
     public: set[str] = set()
+    compat: set[tuple[str, str]] = set()
     for context in iter_route_contexts(app.routes):
         path = context.path or ""
         route = context.original_route
         if path.startswith("/ui"):
             continue  # the console: sessions, not keys (tests/api/test_console.py)
+        if (
+            isinstance(route, APIRoute)
+            and (route.openapi_extra or {}).get("x-mailgate-scope") == "send"
+            and not path.startswith("/v1")
+        ):
+            assert {(m, path) for m in context.methods or ()} <= COMPAT, path
+            compat |= {(m, path) for m in context.methods or ()}
+            continue
         if isinstance(route, APIRoute) and path.startswith("/v1"):
             if (route.openapi_extra or {}).get("x-mailgate-scope") == "provider-signature":
                 assert {(m, path) for m in context.methods or ()} <= SIGNED, path
@@ -294,6 +317,7 @@ def routes_of(settings: Settings, store: Store) -> tuple[set[tuple[str, str]], s
             guarded |= {(method, path) for method in context.methods or ()}
         else:
             public.add(path)
+    assert compat == COMPAT, f"drop-in routes: {sorted(compat ^ COMPAT)}"
     return guarded, public
 
 

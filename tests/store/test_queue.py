@@ -334,3 +334,21 @@ async def test_a_value_the_store_cannot_keep_sinks_only_its_own_message(store: S
     else:
         assert isinstance(results[1], InvalidRequest)
         assert await count(store) == 1
+
+
+async def test_messages_accepted_together_are_counted_against_the_quota_whole(
+    store: Store,
+) -> None:
+    def some(count: int, together: str | None = None) -> list[NewMessage]:
+        return [helpers.new_message(daily_quota=4, together=together) for _ in range(count)]
+
+    # One group commit: the loose message and the pair fit; the trio would pass the quota.
+    outcomes = await store.accept_many([*some(1), *some(2, "pair"), *some(3, "trio")])
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds == ["Accepted"] * 3 + ["QuotaExceeded"] * 3
+    assert (await store.used_today(["default"]))["default"] == 3  # the trio took nothing
+    # One left: a pair is refused whole, a single message still fits.
+    pair = await store.accept_many(some(2, "again"))
+    assert [type(o).__name__ for o in pair] == ["QuotaExceeded"] * 2
+    [single] = await store.accept_many(some(1))
+    assert type(single).__name__ == "Accepted"

@@ -3,8 +3,8 @@
 It lives beside the HTTP schemas because `MessageIn` is what every way in
 translates to.
 
-`POST /v1/messages`, the batch route and `mailgate send` (and later SMTP
-submission and the drop-in provider APIs) translate what they receive into
+`POST /v1/messages`, the batch route, `mailgate send`, SMTP submission and
+the drop-in provider APIs (`mailgate.compat`) translate what they receive into
 a `MessageIn` and hand it to `Acceptor`, which applies the tenant's rules
 and hands the message to the store's group commit:
 
@@ -25,7 +25,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -161,14 +161,33 @@ class Acceptor:
             else:
                 ready.append((index, item))
                 results.append(BatchItem(index))
-        outcomes = await self._store.accept_many([item for _, item in ready])
+        outcomes = await self.accept_prepared([item for _, item in ready])
         for (index, _), outcome in zip(ready, outcomes, strict=True):
             if isinstance(outcome, RequestError):
                 results[index] = BatchItem(index, error=outcome)
+            else:
+                results[index] = BatchItem(index, accepted=outcome)
+        return results
+
+    async def accept_prepared(
+        self, items: Sequence[NewMessage], *, together: bool = False
+    ) -> list[Accepted | RequestError]:
+        """Store messages `prepare` made, in one group; each accepted, or refused (its quota).
+
+        `together`: the tenant's daily quota takes all of them or none.
+        """
+        if together and len(items) > 1:
+            mark = new_id("grp")
+            items = [replace(item, together=mark) for item in items]
+        outcomes = await self._store.accept_many(list(items))
+        results: list[Accepted | RequestError] = []
+        for outcome in outcomes:
+            if isinstance(outcome, RequestError):
+                results.append(outcome)
             elif isinstance(outcome, Exception):
                 raise outcome
             else:
                 if outcome.created:
                     self._metrics.accepted.inc()
-                results[index] = BatchItem(index, accepted=outcome)
+                results.append(outcome)
         return results

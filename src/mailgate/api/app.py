@@ -28,6 +28,7 @@ from mailgate.api.schemas import BatchIn, MessageIn
 from mailgate.api.suppressions import suppressions_router
 from mailgate.api.tenants import tenants_router
 from mailgate.api.webhooks import webhooks_router
+from mailgate.compat import compat_routers
 from mailgate.config import Settings
 from mailgate.console import install_console
 from mailgate.metrics import Metrics
@@ -79,6 +80,10 @@ def create_app(
     ):
         app.include_router(declare_scopes(router))
     app.include_router(ops_router(ctx))
+    for name, router in compat_routers(ctx).items():
+        declare_scopes(router)
+        app.include_router(router, prefix=f"/compat/{name}", tags=[f"drop-in: {name}"])
+        app.include_router(router, include_in_schema=False)  # for SDKs that drop a base path
     if settings.console.enabled:
         install_console(app, ctx)
     app.add_middleware(RequestLimits, settings=settings.server)

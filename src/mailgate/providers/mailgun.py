@@ -33,6 +33,31 @@ from mailgate.providers.base import (
 
 _TRY_AGAIN = re.compile(r"try again after (.+)$", re.IGNORECASE)
 
+API_USER = "api"
+"""The user name of Mailgun's basic auth; the password is the API key."""
+QUEUED = "Queued. Thank you."
+"""The `message` of Mailgun's send answer (anymail checks it starts with "Queued")."""
+CONTROL_HEADERS = {
+    "x-mailgun-tag": "o:tag",
+    "x-mailgun-deliver-by": "o:deliverytime",
+    "x-mailgun-variables": "variables",
+    "x-mailgun-drop-message": "o:testmode",
+    "x-mailgun-dkim": "o:dkim",
+    "x-mailgun-require-tls": "o:require-tls",
+    "x-mailgun-skip-verification": "o:skip-verification",
+    "x-mailgun-track": "o:tracking",
+    "x-mailgun-track-clicks": "o:tracking-clicks",
+    "x-mailgun-track-opens": "o:tracking-opens",
+    "x-mailgun-sending-ip": "o:sending-ip",
+    "x-mailgun-sending-ip-pool": "o:sending-ip-pool",
+    "x-mailgun-recipient-variables": "recipient-variables",
+    "x-mailgun-template-name": "template",
+    "x-mailgun-template-version": "template",
+    "x-mailgun-template-variables": "template",
+}
+"""Mailgun's control headers (lower-cased; its SMTP way of giving options), each with the
+Messages API parameter it stands for (`variables`: the JSON `v:` variables at once)."""
+
 
 class MailgunProvider(HttpProvider):
     type = "mailgun"

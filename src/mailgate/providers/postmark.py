@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from email.utils import formataddr
+from enum import IntEnum
 from typing import Any
 
 from mailgate.config import PostmarkSettings
@@ -42,15 +43,62 @@ from mailgate.providers.base import (
 
 MAX_BATCH = 500
 """Messages Postmark takes in one `/email/batch` call."""
+TOKEN_HEADER = "X-Postmark-Server-Token"
+"""Where Postmark's send API takes the server token (name and value case-insensitive)."""
 
-_REJECTED = frozenset({300, 402, 403, 406, 409, 410, 411})
+
+class ErrorCode(IntEnum):
+    """Postmark's API `ErrorCode`s about sending (`reference/providers.md`, section 4F).
+
+    One list for this adapter, which reads them, and the drop-in API
+    (`mailgate.compat.postmark`), which answers with them.
+    """
+
+    OK = 0
+    BAD_TOKEN = 10
+    MAINTENANCE = 100
+    INVALID_EMAIL_REQUEST = 300
+    SENDER_SIGNATURE_NOT_FOUND = 400
+    SENDER_SIGNATURE_NOT_CONFIRMED = 401
+    INVALID_JSON = 402
+    INCOMPATIBLE_JSON = 403
+    NOT_ALLOWED_TO_SEND = 405
+    INACTIVE_RECIPIENT = 406
+    JSON_REQUIRED = 409
+    TOO_MANY_BATCH_MESSAGES = 410
+    FORBIDDEN_ATTACHMENT_TYPE = 411
+    ACCOUNT_PENDING = 412
+    ACCOUNT_MAY_NOT_SEND = 413
+    RATE_LIMITED = 429
+
+
+_REJECTED = frozenset(
+    {
+        ErrorCode.INVALID_EMAIL_REQUEST,
+        ErrorCode.INVALID_JSON,
+        ErrorCode.INCOMPATIBLE_JSON,
+        ErrorCode.INACTIVE_RECIPIENT,
+        ErrorCode.JSON_REQUIRED,
+        ErrorCode.TOO_MANY_BATCH_MESSAGES,
+        ErrorCode.FORBIDDEN_ATTACHMENT_TYPE,
+    }
+)
 """Codes about the message (or a recipient Postmark has suppressed): nobody else should try."""
-_ACCOUNT = frozenset({10, 400, 401, 405, 412, 413})
+_ACCOUNT = frozenset(
+    {
+        ErrorCode.BAD_TOKEN,
+        ErrorCode.SENDER_SIGNATURE_NOT_FOUND,
+        ErrorCode.SENDER_SIGNATURE_NOT_CONFIRMED,
+        ErrorCode.NOT_ALLOWED_TO_SEND,
+        ErrorCode.ACCOUNT_PENDING,
+        ErrorCode.ACCOUNT_MAY_NOT_SEND,
+    }
+)
 """Bad token, unknown or unconfirmed sender signature, no credits, account pending or
 barred: the same for every message until an operator acts, so fail over and alert."""
-_MAINTENANCE = 100
-_BAD_TOKEN = 10
-_RATE_LIMITED = 429
+_MAINTENANCE = ErrorCode.MAINTENANCE
+_BAD_TOKEN = ErrorCode.BAD_TOKEN
+_RATE_LIMITED = ErrorCode.RATE_LIMITED
 
 
 def _address(address: Address) -> str:
@@ -70,7 +118,7 @@ class PostmarkProvider(HttpProvider):
         super().__init__(settings, timeout=timeout, max_connections=max_connections)
         self.message_stream = settings.message_stream
         self._headers = {
-            "X-Postmark-Server-Token": settings.api_key.get_secret_value(),
+            TOKEN_HEADER: settings.api_key.get_secret_value(),
             "Accept": "application/json",
         }
 

@@ -13,6 +13,15 @@ from mailgate.config import SendGridSettings
 from mailgate.message import Address, Email
 from mailgate.providers.base import HttpProvider, HttpRequest, HttpResponse, SendResult
 
+SEND_PATH = "/v3/mail/send"
+MAX_PERSONALIZATIONS = 1000
+"""SendGrid's limit per request (and on recipients in all)."""
+
+
+def error_body(message: str, field: str | None) -> dict[str, Any]:
+    """SendGrid's error shape, as `describe_error` reads it and mailgate's drop-in answers."""
+    return {"errors": [{"message": message, "field": field, "help": None}]}
+
 
 def _address(address: Address) -> dict[str, str]:
     return address.to_json()

@@ -17,14 +17,27 @@ from sqlalchemy import Connection, Table, and_, select, update
 from mailgate.store.engine import upsert
 
 
-def take(conn: Connection, table: Table, key: Mapping[str, Any], *, want: int, cap: int) -> int:
-    """Raise the counter at `key` by up to `want` without passing `cap`; returns how much."""
+def take(
+    conn: Connection,
+    table: Table,
+    key: Mapping[str, Any],
+    *,
+    want: int,
+    cap: int,
+    whole: bool = False,
+) -> int:
+    """Raise the counter at `key` by up to `want` without passing `cap`; returns how much.
+
+    `whole`: all of `want` or nothing.
+    """
     conn.execute(
         upsert(conn, table).values(**key, used=0).on_conflict_do_nothing(index_elements=list(key))
     )
     where = and_(*(table.c[column] == value for column, value in key.items()))
     used = conn.execute(select(table.c.used).where(where).with_for_update()).scalar_one()
     granted = max(0, min(want, cap - used))
+    if whole and granted < want:
+        granted = 0
     if granted:
         conn.execute(update(table).where(where).values(used=table.c.used + granted))
     return int(granted)

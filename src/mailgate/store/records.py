@@ -24,6 +24,9 @@ class NewMessage:
     request_hash: str | None = None
     daily_quota: int | None = None
     """The tenant's daily quota when it has one: counted in the same transaction."""
+    together: str | None = None
+    """Messages sharing this mark are counted against the quota all or none (one request
+    that makes several messages, such as SendGrid's personalizations)."""
 
     @property
     def status(self) -> Status:

@@ -604,14 +604,16 @@ def _within_quotas(
     Counted in the accepting transaction, so the quota holds exactly across
     every process and a message that is not committed is not counted.
     """
-    wanted: dict[tuple[str, str, int], list[NewMessage]] = {}
+    wanted: dict[tuple[str, str, int, str | None], list[NewMessage]] = {}
     for item in fresh:
         if item.daily_quota is not None:
-            slot = (item.tenant_id, utc_day(item.created_at), item.daily_quota)
+            slot = (item.tenant_id, utc_day(item.created_at), item.daily_quota, item.together)
             wanted.setdefault(slot, []).append(item)
     refused: set[str] = set()
-    for (tenant_id, day, quota), group in wanted.items():
-        granted = tenants.take_daily(conn, tenant_id, day=day, want=len(group), quota=quota)
+    for (tenant_id, day, quota, together), group in wanted.items():
+        granted = tenants.take_daily(
+            conn, tenant_id, day=day, want=len(group), quota=quota, whole=together is not None
+        )
         refused.update(item.id for item in group[granted:])
     if not refused:
         return fresh

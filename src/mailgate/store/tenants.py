@@ -147,10 +147,13 @@ def release_messages(conn: Connection, tenant_id: str, *, now: datetime) -> int:
 # --- limits ------------------------------------------------------------------------
 
 
-def take_daily(conn: Connection, tenant_id: str, *, day: str, want: int, quota: int) -> int:
-    """Count up to `want` new messages against the tenant's quota for `day`."""
+def take_daily(
+    conn: Connection, tenant_id: str, *, day: str, want: int, quota: int, whole: bool = False
+) -> int:
+    """Count up to `want` new messages against the tenant's quota for `day` (`whole`: all
+    of them or none)."""
     key = {"tenant_id": tenant_id, "day": day}
-    return counters.take(conn, tenant_quota, key, want=want, cap=quota)
+    return counters.take(conn, tenant_quota, key, want=want, cap=quota, whole=whole)
 
 
 def used_on(conn: Connection, tenant_ids: Sequence[str], *, day: str) -> dict[str, int]:

@@ -156,6 +156,7 @@ async def service(
     keep: int = 0,
     provider_settings: dict[str, Any] | None = None,
     smtp_server: bool = False,
+    serve_args: tuple[str, ...] = (),
     **delivery: Any,
 ) -> AsyncIterator[Service]:
     """Fresh directory and database, two fakes, and `mailgate serve` (with SMTP submission
@@ -174,7 +175,7 @@ async def service(
                 smtp = "[smtp_server]\nenabled = true\nport = 0\nrequire_tls = false\n"
                 config.write_text(config.read_text() + smtp)
             args = ["-m", "mailgate", "serve", "--port", "0", "--config", str(config)]
-            args += ["--workers", str(api_processes)]
+            args += ["--workers", str(api_processes), *serve_args]
             if not worker:
                 args.append("--no-worker")
             async with process(*args, cwd=cwd) as p:

@@ -131,6 +131,41 @@ async def accept_single(
     }
 
 
+async def end_to_end(n: int, *, one_process: bool = False, concurrency: int = 64) -> Result:
+    """`serve` as it starts by default (API and worker): single POSTs from 64 clients until
+    the provider (answering at once) has every message; messages/s from the first POST."""
+    extra = ("--one-process",) if one_process else ()
+    async with service(latency=0.0, serve_args=extra) as svc:
+        headers = {"Authorization": f"Bearer {svc.key}"}
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+            for _ in range(200):  # warm up connections, caches, every process
+                async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
+                    await r.read()
+            while (await fake_stats(session, svc.sendgrid))["taken"] < 200:
+                await asyncio.sleep(0.05)
+            todo = iter(range(n))
+
+            async def client() -> None:
+                for _ in todo:
+                    async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
+                        await r.read()
+                        assert r.status == 202, r.status
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            accepted = time.perf_counter() - started
+            while (await fake_stats(session, svc.sendgrid))["taken"] < n + 200:
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            stats = await fake_stats(session, svc.sendgrid)
+    return {
+        "messages_per_s": n / elapsed,
+        "accepted_per_s": n / accepted,
+        "doubles": stats["doubles"],
+    }
+
+
 async def accept_batch(
     batches: int, *, engine: str = "sqlite", size: int = 1000, concurrency: int = 4
 ) -> Result:
@@ -281,6 +316,21 @@ async def sqlite_rows(r: int, only: set[str], messages: int) -> list[Row]:
         print("accept: batches of 1000, 4 clients", flush=True)
         batch = await repeat(r, lambda: accept_batch(30))
         rows.append(Row("accepts/s, batch of 1000", "/s", col(batch, "accepts_per_s"), base, name))
+    if "endtoend" in only:
+        print("baseline: one SQLite commit per request", flush=True)
+        base = statistics.median([baseline_sqlite_commits() for _ in range(r)])
+        print(f"    median {base:.0f} commits/s", flush=True)
+        name = "SQLite commit per request"
+        for one_process in (True, False):
+            label = "one process (--one-process)" if one_process else "its default"
+            print(f"end to end: serve, {label}, single POSTs, 64 clients, provider 0 ms")
+            runs = await repeat(
+                r,
+                lambda one_process=one_process: end_to_end(5000, one_process=one_process),  # type: ignore[misc]
+            )
+            rows.append(
+                Row(f"end to end, serve {label}", "/s", col(runs, "messages_per_s"), base, name)
+            )
     if "deliver" in only:
         for latency in (0.0, 0.05):
             rows.append(await _delivery_row(r, latency, messages, "sqlite", 1))
@@ -377,11 +427,13 @@ async def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--only", choices=["accept", "deliver", "failover", "claim"], action="append"
+        "--only",
+        choices=["accept", "endtoend", "deliver", "failover", "claim"],
+        action="append",
     )
     parser.add_argument("--messages", type=int, default=10_000, help="messages per delivery run")
     args = parser.parse_args()
-    only = set(args.only or ["accept", "deliver", "failover", "claim"])
+    only = set(args.only or ["accept", "endtoend", "deliver", "failover", "claim"])
     if args.database == "sqlite":
         rows = await sqlite_rows(args.repeats, only, args.messages)
     else:

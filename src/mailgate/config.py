@@ -43,6 +43,9 @@ class ServerSettings(_Section):
     port: int = Field(default=8025, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     """API processes `serve` runs (`serve --workers N`); more than one adds a supervisor."""
+    one_process: bool = False
+    """Run the API and the worker in one process (`serve --one-process`). By default, on a
+    machine with more than one core, `serve` delivers from a process of its own."""
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Requests larger than this are refused with 413 before they are parsed."""
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=32 * 1024)

@@ -266,9 +266,17 @@ def submission_server(
 
 
 async def work(
-    settings: Settings, *, stop: asyncio.Event | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    metrics: Metrics | None = None,
+    told: Callable[[Worker, ProviderPool], None] | None = None,
 ) -> None:
-    """Run a worker alone until SIGTERM/SIGINT or `stop` is set."""
+    """Run a worker alone until SIGTERM/SIGINT or `stop` is set.
+
+    `told` hooks the worker up to whatever tells it of new work or provider
+    changes (the supervisor's channel from its API processes).
+    """
     if settings.simulated:
         raise ConfigError(
             "no providers configured: a separate worker needs [[providers]] in the config "
@@ -281,6 +289,8 @@ async def work(
         store = await open_store(settings)
         pool = ProviderPool(settings, store, metrics)
         runner = Worker(settings, store, pool, metrics)
+        if told is not None:
+            told(runner, pool)
         try:
             task = asyncio.create_task(runner.run())
             stopped = asyncio.create_task(stop.wait())

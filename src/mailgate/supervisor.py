@@ -1,4 +1,10 @@
-"""`mailgate serve --workers N`: N API processes and one delivery worker, supervised.
+"""`mailgate serve` on more than one core: N API processes and one delivery worker, supervised.
+
+`serve` runs this way with `--workers N` above 1, and by default on a machine
+with more than one core (`supervised`): one API process and one worker
+process then use two cores where one process would leave the second idle.
+`serve --one-process` (`server.one_process`) keeps everything in one
+process, for tests and one-core machines.
 
 The supervisor prepares what must happen once (migrations, the bootstrap
 key, the simulated providers when none are configured), binds the listening
@@ -18,20 +24,29 @@ same socket.
 
 The processes share everything through the store. Their metrics are summed
 through prometheus-client's multiprocess files, so `/metrics` from any API
-process counts all of them.
+process counts all of them. Two things the store alone would make slow go
+through a datagram socket pair the supervisor makes: an API process tells
+the worker process at once that it committed new mail (on SQLite the worker
+would otherwise find it at its next poll; PostgreSQL's NOTIFY does the same
+across machines) or that an operator changed a provider. And every child
+dies with the supervisor (`PR_SET_PDEATHSIG`), so `kill -9` of `serve`
+ends the whole service, as it does with one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -42,6 +57,8 @@ from prometheus_client import multiprocess
 from mailgate.api import create_app
 from mailgate.api.events import close_event_streams
 from mailgate.config import Settings
+from mailgate.delivery.pool import ProviderPool
+from mailgate.delivery.worker import Worker
 from mailgate.errors import ConfigError
 from mailgate.ingest.smtp import announcement as smtp_announcement
 from mailgate.ingest.smtp import bind as bind_smtp
@@ -64,6 +81,7 @@ from mailgate.store.engine import shown_url
 log = logging.getLogger("mailgate")
 
 STOP_GRACE_SECONDS = 30.0
+READY_SECONDS = 60.0
 _CRASH_LOOP_SECONDS = 5.0
 _CRASH_LOOP_LIMIT = 3
 
@@ -76,6 +94,27 @@ class _Child:
     process: SpawnProcess | None = None
     started: float = 0.0
     quick_deaths: int = 0
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def supervised(settings: Settings, *, worker: bool) -> bool:
+    """Whether `serve` runs processes under a supervisor rather than all in one."""
+    if settings.server.workers > 1:
+        return True
+    return worker and not settings.server.one_process and cores() > 1
+
+
+WORK = b"w"
+"""A datagram to the worker process: an API process committed mail that is due now."""
+STATE = b"s"
+"""A datagram to the worker process: an operator changed a provider; read its state now."""
 
 
 async def supervise(
@@ -122,16 +161,29 @@ async def supervise(
                 stack.callback(smtp_sock.close)
             if sim is not None:
                 sim.post_events_to(f"http://{host}:{bound}")
+            to_worker: socket.socket | None = None
+            at_worker: socket.socket | None = None
+            if worker:
+                at_worker, to_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                stack.callback(at_worker.close)
+                stack.callback(to_worker.close)
+            ready = [context.Event() for _ in range(api_processes + (1 if worker else 0))]
             for i in range(api_processes):
-                args = (settings, sock, str(shared_dir), smtp_sock)
+                args = (settings, sock, str(shared_dir), smtp_sock, to_worker, ready[i])
                 children.append(_Child(f"api-{i + 1}", _run_api_process, args))
             if worker:
-                children.append(_Child("worker", _run_worker_process, (settings, str(shared_dir))))
+                assert at_worker is not None
+                worker_args = (settings, str(shared_dir), at_worker, ready[-1])
+                children.append(_Child("worker", _run_worker_process, worker_args))
             for child in children:
                 _start(context, child)
+            # Announce only once every process serves: a client that starts sending at
+            # the announcement is not left waiting in the listen backlog.
+            await _ready(children, ready)
+            processes = "1 API process" if api_processes == 1 else f"{api_processes} API processes"
             announce(
-                f"mailgate is listening on http://{host}:{bound} with {api_processes} API "
-                f"processes{' and a worker' if worker else ''} "
+                f"mailgate is listening on http://{host}:{bound} with {processes}"
+                f"{' and a worker process' if worker else ''} "
                 f"(database {shown_url(settings.database.url)})"
             )
             if smtp_sock is not None:
@@ -162,6 +214,20 @@ async def _prepare(settings: Settings) -> tuple[str | None, str]:
         return await bootstrap_key(store, settings)
     finally:
         await store.close()
+
+
+async def _ready(children: list[_Child], ready: list[Any]) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while not all(event.is_set() for event in ready):
+        for child in children:
+            if child.process is not None and not child.process.is_alive():
+                raise RuntimeError(
+                    f"process {child.name} exited at start (exit code "
+                    f"{child.process.exitcode}); see its log lines above"
+                )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the processes were not ready within {READY_SECONDS:.0f} s")
+        await asyncio.sleep(0.02)
 
 
 def _start(context: Any, child: _Child) -> None:
@@ -213,26 +279,67 @@ async def _stop_all(children: list[_Child], shared_dir: Path) -> None:
 # --- what runs in the children ------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when the supervisor dies (Linux), so no child
+    outlives a `kill -9` of `serve`; elsewhere the supervisor's own stop must do."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the call above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _poke(channel: socket.socket | None, what: bytes) -> None:
+    """Tell the worker process `what`; a full channel already holds a wake-up."""
+    if channel is not None:
+        with contextlib.suppress(BlockingIOError, ConnectionRefusedError, OSError):
+            channel.send(what)
+
+
 def _run_api_process(
-    settings: Settings, sock: socket.socket, shared_dir: str, smtp_sock: socket.socket | None
+    settings: Settings,
+    sock: socket.socket,
+    shared_dir: str,
+    smtp_sock: socket.socket | None,
+    to_worker: socket.socket | None,
+    ready: Any,
 ) -> None:
+    _die_with_parent()
     configure_logging(settings.server.log_level)
-    asyncio.run(_api_process(settings, sock, Path(shared_dir), smtp_sock))
+    asyncio.run(_api_process(settings, sock, Path(shared_dir), smtp_sock, to_worker, ready))
 
 
 async def _api_process(
-    settings: Settings, sock: socket.socket, shared_dir: Path, smtp_sock: socket.socket | None
+    settings: Settings,
+    sock: socket.socket,
+    shared_dir: Path,
+    smtp_sock: socket.socket | None,
+    to_worker: socket.socket | None,
+    ready: Any,
 ) -> None:
     stop = asyncio.Event()
     remove_handlers = install_stop(stop)
     store = Store(settings.database)
     metrics = Metrics(shared_dir=shared_dir)
     smtp = submission_server(settings, store, metrics) if smtp_sock is not None else None
+    if to_worker is not None:
+        to_worker.setblocking(False)
+        store.on_accept(lambda _due: _poke(to_worker, WORK))
+
+    async def state_changed() -> None:
+        _poke(to_worker, STATE)
+
     try:
-        app = create_app(settings, store, metrics)
+        app = create_app(settings, store, metrics, on_state_change=state_changed)
         async with serve_asgi(app, sock=sock) as server:
             if smtp is not None:
                 await smtp.start(smtp_sock)
+            ready.set()
             await stop.wait()
             close_event_streams()  # open event streams end now, not at uvicorn's timeout
             server.stop()
@@ -245,6 +352,35 @@ async def _api_process(
         remove_handlers()
 
 
-def _run_worker_process(settings: Settings, shared_dir: str) -> None:
+def _run_worker_process(
+    settings: Settings, shared_dir: str, at_worker: socket.socket, ready: Any
+) -> None:
+    _die_with_parent()
     configure_logging(settings.server.log_level)
-    asyncio.run(work(settings, metrics=Metrics(shared_dir=Path(shared_dir))))
+    metrics = Metrics(shared_dir=Path(shared_dir))
+    asyncio.run(work(settings, metrics=metrics, told=_listen(at_worker, ready)))
+
+
+def _listen(sock: socket.socket, ready: Any) -> Callable[[Worker, ProviderPool], None]:
+    """What lets the API processes wake the worker: read their datagrams in its loop."""
+
+    def attach(runner: Worker, pool: ProviderPool) -> None:
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        refreshing: set[asyncio.Task[None]] = set()
+
+        def readable() -> None:
+            got = set()
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    got.add(sock.recv(16))
+            if STATE in got and not refreshing:
+                task = loop.create_task(pool.refresh())
+                refreshing.add(task)
+                task.add_done_callback(refreshing.discard)
+            runner.wake()
+
+        loop.add_reader(sock.fileno(), readable)
+        ready.set()
+
+    return attach

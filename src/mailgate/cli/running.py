@@ -27,18 +27,28 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(min=1, max=64, help="API processes (server.workers).")
     ] = None,
+    one_process: Annotated[
+        bool,
+        typer.Option(
+            "--one-process",
+            help="API and worker in one process (server.one_process); by default a machine "
+            "with more than one core delivers from a process of its own.",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API and, unless --no-worker, a delivery worker."""
     settings = settings_from(config)
-    overrides = {
+    overrides: dict[str, object] = {
         k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None
     }
+    if one_process:
+        overrides["one_process"] = True
     if overrides:
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update=overrides)}
         )
     service.configure_logging(settings.server.log_level)
-    if settings.server.workers > 1:
+    if supervisor.supervised(settings, worker=not no_worker):
         run(
             lambda: supervisor.supervise(
                 settings,

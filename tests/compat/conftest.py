@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from mailgate.providers.fakes.base import Received
+from tests.conftest import ENGINES, _require
 from tests.e2e.processes import KEY, URL, mailgate, wait_status, write_config
 from tests.helpers import Fakes, eventually
-
-pytestmark = pytest.mark.slow
 
 
 @dataclass
@@ -61,6 +60,17 @@ class Gateway:
         created = await self.api.post("/v1/keys", json=body)
         assert created.status_code == 201, created.text
         return str(created.json()["key"])
+
+
+@pytest.fixture(params=ENGINES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str | None) -> str:
+    """Both engines, as everywhere; but a test marked `refusal` (a request refused before
+    the store writes anything, checked case by case) runs on SQLite alone."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/mailgate.db"
+    if request.node.get_closest_marker("refusal") is not None:
+        pytest.skip("refused before the store writes anything: one engine is enough")
+    return _require(postgres_url)
 
 
 @pytest.fixture

@@ -271,6 +271,7 @@ BAD_FORMS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(("data", "message"), BAD_FORMS)
 async def test_bad_forms_are_refused_naming_the_parameter(
     mailgun: httpx.AsyncClient, store: Store, metrics: Metrics, data: dict[str, Any], message: str
@@ -286,6 +287,7 @@ async def test_bad_forms_are_refused_naming_the_parameter(
     )
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -307,6 +309,7 @@ async def test_bodies_that_are_not_mailgun_forms(
     assert await stored(store) == {}
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(
     ("data", "files", "message"),
     [

@@ -298,6 +298,7 @@ REFUSED: list[tuple[dict[str, Any], int, int, str]] = [
 ]
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(
     ("fields", "status", "code", "says"),
     REFUSED,

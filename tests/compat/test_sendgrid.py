@@ -330,6 +330,7 @@ REFUSED: list[tuple[str, dict[str, Any], str | None]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(("body", "field"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
 async def test_a_refused_request_names_sendgrids_field_and_stores_nothing(
     app_client: httpx.AsyncClient,
@@ -366,6 +367,7 @@ async def test_ip_pool_and_settings_left_off_are_accepted(
     assert await stored(store) == 1
 
 
+@pytest.mark.refusal
 @pytest.mark.parametrize(
     "raw",
     [b"{not json", b'["a list"]', b"", '{"subject": "caf\xe9"'.encode("latin-1")],

@@ -41,7 +41,9 @@ async def test_a_rate_limit_holds_across_two_worker_processes(tmp_path: Path, fa
     # Past the first second (each worker's small burst), the pace is the limit.
     steady = [t for t in times if t >= times[0] + 1.0]
     rate = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert RATE * 0.95 <= rate <= RATE * 1.05, rate
+    # The limit must hold (5 % over at most); a loaded machine may send a little below it
+    # (a CI run measured 37/s), which the limit does not promise against.
+    assert RATE * 0.85 <= rate <= RATE * 1.05, rate
     busiest = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
     assert busiest <= RATE * 1.05 + 2, busiest  # no second much above it either
     await store.close()

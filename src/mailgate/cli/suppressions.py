@@ -4,6 +4,7 @@ or over HTTP."""
 from __future__ import annotations
 
 from itertools import islice
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,7 +25,7 @@ from mailgate.cli.common import (
     with_store,
 )
 from mailgate.client import Client
-from mailgate.store import CLI, DEFAULT_TENANT
+from mailgate.store import CLI, DEFAULT_TENANT, Store
 
 suppressions_app = typer.Typer(
     help="Suppressed addresses (mail to them is not sent): list, add, remove.",
@@ -86,6 +87,33 @@ def suppressions_list(
     out.print(table)
 
 
+def _change(email: str, tenant: str | None, config: Path | None, *, add: bool) -> tuple[str, str]:
+    """Suppress (`add`) or let through an address, over HTTP or on the store; the address
+    as normalised and the tenant whose list changed."""
+    address = _address(email)
+    if gateway.remote:
+
+        def call(client: Client) -> str:
+            owner = _tenant_of(client, tenant)
+            if add:
+                client.suppress(address, tenant=owner)
+            else:
+                client.unsuppress(address, tenant=owner)
+            return owner
+
+        return address, over_http(call)
+    owner = tenant or DEFAULT_TENANT
+
+    async def job(store: Store) -> None:
+        if add:
+            await store.add_suppression(owner, address, "manual", actor=CLI)
+        else:
+            await store.remove_suppression(owner, address, actor=CLI)
+
+    with_store(settings_from(config), job)
+    return address, owner
+
+
 @suppressions_app.command("add")
 def suppressions_add(
     email: Annotated[str, typer.Argument(metavar="EMAIL")],
@@ -93,21 +121,7 @@ def suppressions_add(
     config: ConfigOption = None,
 ) -> None:
     """Suppress an address: mail to it is dropped before the send."""
-    address = _address(email)
-    if gateway.remote:
-
-        def call(client: Client) -> str:
-            owner = _tenant_of(client, tenant)
-            client.suppress(address, tenant=owner)
-            return owner
-
-        owner = over_http(call)
-    else:
-        owner = tenant or DEFAULT_TENANT
-        with_store(
-            settings_from(config),
-            lambda s: s.add_suppression(owner, address, "manual", actor=CLI),
-        )
+    address, owner = _change(email, tenant, config, add=True)
     out.print(f"{address} suppressed for tenant {owner}")
 
 
@@ -118,16 +132,5 @@ def suppressions_remove(
     config: ConfigOption = None,
 ) -> None:
     """Let mail to an address through again."""
-    address = _address(email)
-    if gateway.remote:
-
-        def call(client: Client) -> str:
-            owner = _tenant_of(client, tenant)
-            client.unsuppress(address, tenant=owner)
-            return owner
-
-        owner = over_http(call)
-    else:
-        owner = tenant or DEFAULT_TENANT
-        with_store(settings_from(config), lambda s: s.remove_suppression(owner, address, actor=CLI))
+    address, owner = _change(email, tenant, config, add=False)
     out.print(f"{address} removed from tenant {owner}'s suppressions")

@@ -43,18 +43,11 @@ class Ingress:
 
     def prepare(self, caller: Caller, fields: Mapping[str, Any]) -> NewMessage:
         """A message ready to store; raises a `RequestError` naming the `MessageIn` field."""
-        try:
-            message = MessageIn.model_validate(fields)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        return self.ctx.acceptor.prepare(message, caller.tenant)
+        return self.ctx.acceptor.prepare(_validated(fields), caller.tenant)
 
     async def accept(self, caller: Caller, fields: Mapping[str, Any]) -> NewMessage:
         """Store one message (its own commit) and return it; raises a `RequestError`."""
-        item = self.prepare(caller, fields)
-        [outcome] = await self.ctx.acceptor.accept_prepared([item])
-        if isinstance(outcome, RequestError):
-            raise outcome
+        item, _ = await self.ctx.acceptor.accept(_validated(fields), caller.tenant)
         return item
 
     async def accept_prepared(
@@ -76,3 +69,10 @@ class Ingress:
     def refused(self, error: RequestError) -> None:
         """Count a refusal as the API's error handler does."""
         self.ctx.metrics.refused.labels(error.code).inc()
+
+
+def _validated(fields: Mapping[str, Any]) -> MessageIn:
+    try:
+        return MessageIn.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc) from None

@@ -142,7 +142,8 @@ async def test_sessions_end_on_logout_revocation_and_expiry(
     assert (await app_client.get("/ui")).status_code == 200
     # A forged cookie (token changed, signature kept) is not a session.
     token, _, signature = cookie.partition(".")
-    app_client.cookies.set("mailgate_session", f"{token[:-1]}A.{signature}", path="/ui")
+    forged = token[:-1] + ("B" if token.endswith("A") else "A")  # always a different token
+    app_client.cookies.set("mailgate_session", f"{forged}.{signature}", path="/ui")
     assert (await app_client.get("/ui")).status_code == 303
     app_client.cookies.set("mailgate_session", cookie, path="/ui")
     assert (await app_client.post("/ui/logout", data={"csrf": csrf})).status_code == 303

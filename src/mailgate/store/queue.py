@@ -15,11 +15,8 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Integer,
     and_,
     bindparam,
-    exists,
-    func,
     insert,
     or_,
     select,
@@ -29,10 +26,10 @@ from sqlalchemy import (
 
 from mailgate.message import Email, EventType, Outcome, Status
 from mailgate.store import feedback, outbox
+from mailgate.store.bulk import BulkInsert, DriverStatement, Values, json_text, json_value
 from mailgate.store.records import Claimed, Finish, NewMessage
 from mailgate.store.tables import (
     WAITING,
-    Timestamp,
     attempts,
     events,
     message_bodies,
@@ -43,19 +40,6 @@ from mailgate.store.tables import (
 )
 
 _WAITING = text(WAITING)
-
-# SQLite without statistics prefers the status index for `status IN (...)`,
-# then reads and sorts every waiting row; the due index hands over the oldest
-# first, so the claim names it (SQLAlchemy renders no index hints for SQLite).
-_DUE_SQLITE = (
-    text(
-        "SELECT id FROM messages INDEXED BY ix_messages_due "
-        f"WHERE {WAITING} AND next_attempt_at <= :due_now "
-        "ORDER BY next_attempt_at LIMIT :due_limit"
-    )
-    .bindparams(bindparam("due_now", type_=Timestamp()), bindparam("due_limit", type_=Integer()))
-    .columns(messages.c.id)
-)
 
 
 def split_email(email: Email) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,121 +68,119 @@ def find_idempotent(
     return {r.idempotency_key: (r.id, r.status, r.request_hash or "") for r in rows}
 
 
+_NEW_MESSAGES = BulkInsert(
+    messages,
+    (
+        "id", "tenant_id", "status", "envelope", "send_at", "next_attempt_at", "window_start",
+        "rounds", "forced_provider", "idempotency_key", "request_hash", "created_at",
+        "updated_at",
+    ),
+)  # fmt: skip
+_NEW_BODIES = BulkInsert(message_bodies, ("message_id", "body"))
+_NEW_RECIPIENTS = BulkInsert(message_recipients, ("message_id", "email"))
+_NEW_TAGS = BulkInsert(message_tags, ("message_id", "tag"))
+_NEW_EVENTS = BulkInsert(events, ("message_id", "type", "at", "detail"))
+
+
 def enqueue(conn: Connection, items: Sequence[NewMessage]) -> None:
-    """Insert new messages with their bodies, recipients, tags and first event."""
+    """Insert new messages with their bodies, recipients, tags and first event: one
+    `executemany` per table for the whole group (`bulk.BulkInsert`)."""
     if not items:
         return
-    message_rows: list[dict[str, Any]] = []
-    body_rows: list[dict[str, Any]] = []
-    recipient_rows: list[dict[str, Any]] = []
-    tag_rows: list[dict[str, Any]] = []
-    event_rows: list[dict[str, Any]] = []
+    values = Values(conn)
+    stamp = values.stamp
+    message_rows: list[tuple[Any, ...]] = []
+    body_rows: list[tuple[Any, ...]] = []
+    recipient_rows: list[tuple[Any, ...]] = []
+    tag_rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
     for item in items:
         envelope, body = split_email(item.email)
-        start = item.send_at if item.send_at is not None else item.created_at
+        created = stamp(item.created_at)
+        start = stamp(item.send_at) if item.send_at is not None else created
+        message_id = item.id
         message_rows.append(
-            {
-                "id": item.id,
-                "tenant_id": item.tenant_id,
-                "status": item.status.value,
-                "envelope": envelope,
-                "send_at": item.send_at,
-                "next_attempt_at": start,
-                "window_start": start,
-                "rounds": 0,
-                "forced_provider": item.forced_provider,
-                "idempotency_key": item.idempotency_key,
-                "request_hash": item.request_hash,
-                "created_at": item.created_at,
-                "updated_at": item.created_at,
-            }
-        )
-        body_rows.append({"message_id": item.id, "body": body})
-        emails = {a.email.lower() for a in (*item.email.to, *item.email.cc, *item.email.bcc)}
-        recipient_rows.extend({"message_id": item.id, "email": e} for e in emails)
-        tag_rows.extend({"message_id": item.id, "tag": t} for t in set(item.email.tags))
+            (
+                message_id, item.tenant_id, item.status.value, json_text(envelope),
+                values.optional_stamp(item.send_at), start, start, 0, item.forced_provider,
+                item.idempotency_key, item.request_hash, created, created,
+            )
+        )  # fmt: skip
+        body_rows.append((message_id, json_text(body)))
+        email = item.email
+        emails = {a.email.lower() for a in (*email.to, *email.cc, *email.bcc)}
+        recipient_rows.extend((message_id, e) for e in emails)
+        tag_rows.extend((message_id, t) for t in set(email.tags))
         kind, detail = item.first_event()
-        event_rows.append(
-            {"message_id": item.id, "type": kind, "at": item.created_at, "detail": detail}
-        )
-    conn.execute(insert(messages), message_rows)
-    conn.execute(insert(message_bodies), body_rows)
-    if recipient_rows:
-        conn.execute(insert(message_recipients), recipient_rows)
-    if tag_rows:
-        conn.execute(insert(message_tags), tag_rows)
-    conn.execute(insert(events), event_rows)
+        event_rows.append((message_id, kind.value, created, json_text(detail)))
+    _NEW_MESSAGES.run(conn, message_rows)
+    _NEW_BODIES.run(conn, body_rows)
+    _NEW_RECIPIENTS.run(conn, recipient_rows)
+    _NEW_TAGS.run(conn, tag_rows)
+    _NEW_EVENTS.run(conn, event_rows)
+
+
+_CLAIM = (
+    "UPDATE messages SET status = 'sending', lease_owner = {0}, lease_until = {1}, "
+    "updated_at = {2} WHERE id IN (SELECT id FROM messages {index}"
+    f"WHERE {WAITING} AND next_attempt_at <= {{3}} ORDER BY next_attempt_at LIMIT {{4}}{{lock}}) "
+    "RETURNING id, tenant_id, envelope, window_start, rounds, forced_provider"
+)
+_CLAIM_SQL = {
+    "sqlite": _CLAIM.format("?", "?", "?", "?", "?", index="INDEXED BY ix_messages_due ", lock=""),
+    "postgresql": _CLAIM.format(
+        "$1", "$2", "$3", "$4", "$5", index="", lock=" FOR UPDATE SKIP LOCKED"
+    ),
+}
+"""The claim as the driver runs it. SQLite without statistics prefers the status index for
+`status IN (...)`, then reads and sorts every waiting row; the due index hands over the
+oldest first, so the claim names it."""
+
+_BODIES = (
+    "SELECT b.message_id, b.body, EXISTS (SELECT 1 FROM message_recipients r "
+    "JOIN messages m ON m.id = r.message_id "
+    "JOIN suppressions s ON s.tenant_id = m.tenant_id AND s.email = r.email "
+    "WHERE r.message_id = b.message_id) FROM message_bodies b WHERE b.message_id IN ({})"
+)
+"""The claimed messages' bodies, and whether any of a message's recipients is on its
+tenant's suppression list: the claim pays a second query only for the rare message that
+has one."""
 
 
 def claim(
     conn: Connection, *, owner: str, now: datetime, lease_until: datetime, limit: int
 ) -> list[Claimed]:
-    """Lease up to `limit` due messages, oldest due first, and read their content."""
-    due: Any
-    if conn.dialect.name == "sqlite":
-        due = _DUE_SQLITE.bindparams(due_now=now, due_limit=limit)
-    else:
-        due = (
-            select(messages.c.id)
-            .where(_WAITING, messages.c.next_attempt_at <= now)
-            .order_by(messages.c.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-    rows = (
-        conn.execute(
-            update(messages)
-            .where(messages.c.id.in_(due))
-            .values(
-                status=Status.SENDING, lease_owner=owner, lease_until=lease_until, updated_at=now
-            )
-            .returning(
-                messages.c.id,
-                messages.c.tenant_id,
-                messages.c.envelope,
-                messages.c.window_start,
-                messages.c.rounds,
-                messages.c.forced_provider,
-            )
-        )
-    ).all()
+    """Lease up to `limit` due messages, oldest due first, and read their content.
+
+    Plain SQL through the driver, its values decoded here: SQLAlchemy's result
+    processing cost as much as the statements (bench.profile).
+    """
+    values = Values(conn)
+    stamp = values.stamp
+    params = (owner, stamp(lease_until), stamp(now), stamp(now), limit)
+    rows = conn.exec_driver_sql(_CLAIM_SQL[conn.dialect.name], params).all()
     if not rows:
         return []
-    body_rows = conn.execute(
-        select(message_bodies.c.message_id, message_bodies.c.body, _ANY_SUPPRESSED).where(
-            message_bodies.c.message_id.in_([r.id for r in rows])
-        )
+    marks = outbox.placeholders(conn, len(rows))
+    body_rows = conn.exec_driver_sql(
+        _BODIES.format(", ".join(marks)), tuple(r[0] for r in rows)
     ).all()
-    bodies = {r.message_id: r.body for r in body_rows}
-    flagged = [r.message_id for r in body_rows if r.suppressed]
+    bodies = {r[0]: json_value(r[1]) for r in body_rows}
+    flagged = [r[0] for r in body_rows if r[2]]
     suppressed = _suppressed(conn, flagged) if flagged else {}
+    read_stamp = values.read_stamp
     return [
         Claimed(
-            id=r.id,
-            tenant_id=r.tenant_id,
-            email=join_email(r.envelope, bodies[r.id]),
-            window_start=r.window_start,
-            rounds=r.rounds,
-            forced_provider=r.forced_provider,
-            suppressed=frozenset(suppressed.get(r.id, ())),
+            id=message_id,
+            tenant_id=tenant_id,
+            email=join_email(json_value(envelope), bodies[message_id]),
+            window_start=read_stamp(window_start),
+            rounds=rounds,
+            forced_provider=forced_provider,
+            suppressed=frozenset(suppressed.get(message_id, ())),
         )
-        for r in rows
+        for message_id, tenant_id, envelope, window_start, rounds, forced_provider in rows
     ]
-
-
-_ANY_SUPPRESSED = (
-    exists()
-    .where(
-        message_recipients.c.message_id == message_bodies.c.message_id,
-        messages.c.id == message_recipients.c.message_id,
-        suppressions.c.tenant_id == messages.c.tenant_id,
-        suppressions.c.email == message_recipients.c.email,
-    )
-    .label("suppressed")
-)
-"""Whether any of a message's recipients is on its tenant's suppression list, read with
-its body: the claim pays a second query only for the rare message that has one."""
 
 
 def _suppressed(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -330,6 +312,19 @@ def reclaim_expired(
     return ids
 
 
+_FINISH = DriverStatement(
+    "UPDATE messages SET status = ?, rounds = ?, provider = coalesce(?, provider), "
+    "provider_message_id = ?, last_error = ?, next_attempt_at = ?, lease_owner = NULL, "
+    "lease_until = NULL, updated_at = ? "
+    "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
+)
+"""A round's end changes the message only while the finishing worker holds its lease."""
+_NEW_ATTEMPTS = BulkInsert(
+    attempts,
+    ("message_id", "provider", "started_at", "duration_ms", "outcome", "status_code", "error"),
+)
+
+
 def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
     """Record how delivery rounds ended: status, attempts and events, in one go.
 
@@ -338,62 +333,38 @@ def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
     """
     if not items:
         return
-    conn.execute(
-        update(messages)
-        .where(
-            and_(
-                messages.c.id == bindparam("b_id"),
-                messages.c.status == Status.SENDING,
-                messages.c.lease_owner == bindparam("b_owner"),
-            )
-        )
-        .values(
-            status=bindparam("b_status"),
-            rounds=bindparam("b_rounds"),
-            provider=func.coalesce(bindparam("b_provider"), messages.c.provider),
-            provider_message_id=bindparam("b_provider_message_id"),
-            last_error=bindparam("b_last_error"),
-            next_attempt_at=bindparam("b_next", type_=messages.c.next_attempt_at.type),
-            lease_owner=None,
-            lease_until=None,
-            updated_at=now,
-        ),
+    stamp = Values(conn).stamp
+    at_now = stamp(now)
+    _FINISH.run(
+        conn,
         [
-            {
-                "b_id": f.message_id,
-                "b_owner": f.lease_owner,
-                "b_status": f.status.value,
-                "b_rounds": f.rounds,
-                "b_provider": f.provider,
-                "b_provider_message_id": f.provider_message_id,
-                "b_last_error": f.last_error,
-                "b_next": f.next_attempt_at or now,
-            }
+            (
+                f.status.value, f.rounds, f.provider, f.provider_message_id, f.last_error,
+                stamp(f.next_attempt_at) if f.next_attempt_at is not None else at_now, at_now,
+                f.message_id, f.lease_owner,
+            )
             for f in items
         ],
+    )  # fmt: skip
+    _NEW_ATTEMPTS.run(
+        conn,
+        [
+            (
+                f.message_id, a.provider, stamp(a.started_at), a.duration_ms, a.outcome.value,
+                a.status_code, a.error,
+            )
+            for f in items
+            for a in f.attempts
+        ],
+    )  # fmt: skip
+    _NEW_EVENTS.run(
+        conn,
+        [
+            (f.message_id, e.type.value, stamp(e.at), json_text(dict(e.detail)))
+            for f in items
+            for e in f.events
+        ],
     )
-    attempt_rows = [
-        {
-            "message_id": f.message_id,
-            "provider": a.provider,
-            "started_at": a.started_at,
-            "duration_ms": a.duration_ms,
-            "outcome": a.outcome.value,
-            "status_code": a.status_code,
-            "error": a.error,
-        }
-        for f in items
-        for a in f.attempts
-    ]
-    if attempt_rows:
-        conn.execute(insert(attempts), attempt_rows)
-    event_rows = [
-        {"message_id": f.message_id, "type": e.type.value, "at": e.at, "detail": dict(e.detail)}
-        for f in items
-        for e in f.events
-    ]
-    if event_rows:
-        conn.execute(insert(events), event_rows)
     dropped = [(f.message_id, email) for f in items for email in f.suppressed]
     if dropped:
         conn.execute(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -227,6 +228,7 @@ async def serve(
             if sim is not None:
                 sim.post_events_to(server.url)
             database = shown_url(settings.database.url)
+            settle_heap()
             announce(f"mailgate is listening on {server.url} (database {database})")
             if smtp is not None:
                 announce(smtp.announcement())
@@ -291,6 +293,7 @@ async def work(
         runner = Worker(settings, store, pool, metrics)
         if told is not None:
             told(runner, pool)
+        settle_heap()
         try:
             task = asyncio.create_task(runner.run())
             stopped = asyncio.create_task(stop.wait())
@@ -303,6 +306,26 @@ async def work(
             await store.close()
     finally:
         remove_handlers()
+
+
+GC_THRESHOLDS = (10_000, 50, 100)
+"""Python's defaults are (700, 10, 10)."""
+
+
+def settle_heap() -> None:
+    """Tune the cyclic garbage collector for a long-running process that is ready to serve.
+
+    Measured (bench.profile, batch accepts), the collector took about 40 % of an
+    API process's CPU: every 700 allocations it scanned the young objects,
+    and its older generations held everything built at start (the app and its
+    routes, SQLAlchemy's tables and statement caches, the modules). Frozen,
+    those are never scanned again; the young generation is scanned every
+    10,000 allocations, not 700. Nearly everything a request allocates is
+    freed by reference counting, so little waits longer for a collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def configure_logging(level: str) -> None:

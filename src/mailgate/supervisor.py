@@ -70,6 +70,7 @@ from mailgate.service import (
     configure_logging,
     install_stop,
     open_store,
+    settle_heap,
     simulation,
     submission_server,
     work,
@@ -339,6 +340,7 @@ async def _api_process(
         async with serve_asgi(app, sock=sock) as server:
             if smtp is not None:
                 await smtp.start(smtp_sock)
+            settle_heap()
             ready.set()
             await stop.wait()
             close_event_streams()  # open event streams end now, not at uvicorn's timeout

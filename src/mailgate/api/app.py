@@ -25,6 +25,7 @@ from mailgate.api.messages import messages_router
 from mailgate.api.ops import ops_router
 from mailgate.api.providers import providers_router
 from mailgate.api.schemas import BatchIn, MessageIn
+from mailgate.api.sendpath import Api, SendPath
 from mailgate.api.suppressions import suppressions_router
 from mailgate.api.tenants import tenants_router
 from mailgate.api.webhooks import webhooks_router
@@ -59,8 +60,11 @@ def create_app(
         yield
         await hooks.close()
 
-    app = FastAPI(
+    app = Api(
         lifespan=lifespan,
+        # mailgate's metrics are Prometheus'; FastAPI's OpenTelemetry hooks cost
+        # a provider lookup per request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         title="mailgate",
         version=__version__,
         summary="A self-hosted email gateway: accept, queue, deliver with failover.",
@@ -87,6 +91,7 @@ def create_app(
     if settings.console.enabled:
         install_console(app, ctx)
     app.add_middleware(RequestLimits, settings=settings.server)
+    app.send_path = RequestLimits(SendPath(ctx), settings=settings.server)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -76,7 +76,8 @@ class Guard:
 
     async def check(self, request: Request, scope: Scope | None) -> Caller:
         """The caller, if its key, tenant, scope and rate limit all let the request through."""
-        caller = await self.identify(_secret(request), scope, field="Authorization")
+        secret = bearer_secret(request.headers.get("authorization", ""))
+        caller = await self.identify(secret, scope, field="Authorization")
         await self.limit(caller)
         return caller
 
@@ -123,8 +124,9 @@ class Guard:
         return found
 
 
-def _secret(request: Request) -> str:
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+def bearer_secret(header: str) -> str:
+    """The key in an `Authorization: Bearer <key>` header's value (401 for anything else)."""
+    scheme, _, secret = header.partition(" ")
     secret = secret.strip()
     if scheme.lower() != "bearer" or not secret:
         raise Unauthorized(

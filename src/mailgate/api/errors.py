@@ -69,36 +69,48 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     return InvalidRequest(message, field=field)
 
 
-def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    async def request_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestError)
+INTERNAL_ERROR: dict[str, Any] = {
+    "error": {"code": "internal_error", "message": "internal error", "field": None}
+}
+"""The answer to a bug: what went wrong is logged, never sent."""
+
+
+def answer(exc: Exception, metrics: Metrics) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+    """The API's answer to a refusal raised by a route: (status, body, headers); None for an
+    exception that is not a refusal (a bug: the server answers 500 for it).
+
+    FastAPI's exception handlers and the send routes' own path (`mailgate.api.sendpath`)
+    both answer through this, so a refusal looks the same whichever way it went.
+    """
+    if isinstance(exc, RequestError):
         metrics.refused.labels(exc.code).inc()
-        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=exc.headers)
-
-    async def invalid(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError | ValidationError)
+        return exc.status_code, error_body(exc), dict(exc.headers or {})
+    if isinstance(exc, RequestValidationError | ValidationError):
         metrics.refused.labels(InvalidRequest.code).inc()
-        return JSONResponse(error_body(validation_error(exc)), status_code=400)
-
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return 400, error_body(validation_error(exc)), {}
+    if isinstance(exc, StoreUnavailable):
         log.warning("answering 503: %s", exc)
         body = {"error": {"code": "unavailable", "message": str(exc), "field": None}}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
-
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
+        return 503, body, {"Retry-After": "1"}
+    if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, "invalid_request")
         body = {"error": {"code": code, "message": str(exc.detail), "field": None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return exc.status_code, body, dict(exc.headers or {})
+    return None
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        found = answer(exc, metrics)
+        assert found is not None
+        status, body, headers = found
+        return JSONResponse(body, status_code=status, headers=headers)
 
     async def crashed(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        body = {"error": {"code": "internal_error", "message": "internal error", "field": None}}
-        return JSONResponse(body, status_code=500)
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
-    app.add_exception_handler(RequestError, request_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(ValidationError, invalid)
-    app.add_exception_handler(StoreUnavailable, unavailable)
-    app.add_exception_handler(HTTPException, http_error)
+    for kind in (RequestError, RequestValidationError, ValidationError, StoreUnavailable):
+        app.add_exception_handler(kind, refused)
+    app.add_exception_handler(HTTPException, refused)
     app.add_exception_handler(Exception, crashed)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import pytest
+
 from mailgate.message import Address
-from mailgate.store import utcnow
+from mailgate.store import Finish, utcnow
 from tests.delivery.conftest import Run
 from tests.helpers import eventually
 
@@ -286,3 +288,60 @@ async def test_many_messages_each_sent_exactly_once(run: Run) -> None:
     counts = h.fakes.sendgrid.counts
     assert sorted(counts) == sorted(ids)
     assert set(counts.values()) == {1}
+
+
+async def test_a_slot_frees_when_the_provider_answers_and_leases_are_capped(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a round's end waits for the store, the next message already sends; at
+    most twice `concurrency` and a claim batch are leased so, their leases kept;
+    none is lost."""
+    h = await run(start=False, delivery={"concurrency": 2, "lease_seconds": 0.9})
+    gate = asyncio.Event()
+    real_finish = h.store.finish
+
+    async def slow_finish(finish: Finish) -> None:
+        await gate.wait()
+        await real_finish(finish)
+
+    monkeypatch.setattr(h.store, "finish", slow_finish)
+    ids = [await h.send() for _ in range(10)]
+    h.start()
+    leased = 2 * 2 + 2  # twice the concurrency, and a batch (the claim batch, at most 2)
+    await eventually(lambda: h.fakes.sendgrid.requests == leased)
+    await asyncio.sleep(1.5)  # longer than a lease: the waiting rounds keep theirs
+    assert h.fakes.sendgrid.requests == leased and h.worker.inflight == leased
+    assert (await h.store.queue_depth())["sending"] == leased
+    gate.set()
+
+    async def all_sent() -> bool:
+        return {(await h.message(i)).status for i in ids} == {"sent"}
+
+    await eventually(all_sent)
+    assert sorted(h.fakes.sendgrid.counts) == sorted(ids)
+    assert set(h.fakes.sendgrid.counts.values()) == {1}
+    for message_id in ids:
+        assert not any(e.type == "reclaimed" for e in (await h.message(message_id)).events)
+
+
+async def test_messages_claimed_ahead_are_handed_back_when_the_worker_stops(run: Run) -> None:
+    h = await run(start=False, delivery={"concurrency": 2})
+    h.fakes.sendgrid.behaviour.latency = 0.5
+    ids = [await h.send() for _ in range(10)]
+    h.start()
+    await eventually(lambda: h.worker.inflight == 4)  # two sending, two claimed ahead
+    assert (await h.store.queue_depth())["sending"] == 4
+    await h.stop()
+    views = [await h.message(i) for i in ids]
+    sent = [v for v in views if v.status == "sent"]
+    assert len(sent) == 2 == len(h.fakes.sendgrid.received)
+    assert {v.status for v in views if v not in sent} == {"queued"}
+    assert (await h.store.queue_depth())["sending"] == 0
+    for view in views:
+        if view not in sent:
+            assert not view.attempts and not any(e.type == "reclaimed" for e in view.events)
+    h.fakes.sendgrid.behaviour.latency = 0
+    after = await run()  # the handed-back messages go out with the next worker at once
+    for message_id in ids:
+        assert (await after.wait(message_id)).status == "sent"
+    assert sorted(h.fakes.sendgrid.counts) == sorted(ids)

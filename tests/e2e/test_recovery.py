@@ -125,6 +125,9 @@ async def test_a_live_worker_keeps_its_leases_while_a_dead_ones_are_taken(
         alive_id = (await alive.wait_for(STARTED))[1]
         doomed_id = (await doomed.wait_for(STARTED))[1]
         await eventually(lambda: fakes.total() >= 30, timeout=60)
+        # Killed while it holds leases: between two claims it may hold none, and
+        # then nothing of its would be left to take back.
+        await eventually(lambda: _holds_leases(store, doomed_id), timeout=30, interval=0.05)
         doomed.kill()
         assert await doomed.proc.wait() == -9
         in_flight = await sending(store)
@@ -136,6 +139,13 @@ async def test_a_live_worker_keeps_its_leases_while_a_dead_ones_are_taken(
     assert set(reclaimed_from.values()) == {doomed_id}  # never the live worker's
     assert set(reclaimed_from) <= in_flight
     check_doubles(fakes, ids, in_flight)
+
+
+async def _holds_leases(store: Store, owner: str) -> bool:
+    query = select(messages.c.id).where(
+        messages.c.status == "sending", messages.c.lease_owner == owner
+    )
+    return bool(await store.db.read(lambda conn: conn.execute(query).first()))
 
 
 async def _reclaimed_from(store: Store, ids: set[str]) -> dict[str, str]:

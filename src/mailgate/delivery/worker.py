@@ -1,8 +1,15 @@
 """The worker: claim due messages with a lease, deliver them concurrently, record the end.
 
-Up to `delivery.concurrency` messages are in flight. The loop claims a batch
-whenever enough slots are free, and otherwise sleeps until a slot frees, new
-work is accepted in this process, or the poll interval passes. Beside it:
+Up to `delivery.concurrency` messages are in their provider round at once.
+The loop claims ahead: up to one claim batch more than the free slots, so a
+slot that frees starts its next message at once, without waiting for a
+claim. It claims whenever half a batch is wanted, and otherwise sleeps until
+a slot frees, new work is accepted in this process, or the poll interval
+passes. A slot frees when the provider has answered: the round's end is
+stored after that, its lease still kept, while the next message already
+sends (a slow store caps the leases held at twice `concurrency` and a
+batch). Messages claimed but not started when the worker stops are handed
+back. Beside it:
 
 - a lease keeper pushes the lease of every in-flight message forward, so a
   slow round (several providers timing out) never loses its lease while
@@ -27,6 +34,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -74,7 +82,16 @@ class Worker:
             metrics=metrics,
             max_inline_wait=min(1.0, self.delivery.attempt_timeout_seconds),
         )
+        self._ready: deque[Claimed] = deque()
+        """Claimed ahead, waiting for a free slot (their leases kept)."""
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        """The started rounds, until their end is stored."""
+        self._sending = 0
+        """Of those, how many are still in their provider round (the slots taken)."""
+        self._concurrency = self.delivery.concurrency
+        self._batch = min(self.delivery.claim_batch, self._concurrency)
+        self._threshold = max(1, self._batch // 2)
+        """Claims wait until this many are wanted (fewer under a rate limit's budget)."""
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._started_at = datetime.now(UTC)
@@ -85,7 +102,8 @@ class Worker:
 
     @property
     def inflight(self) -> int:
-        return len(self._inflight)
+        """Messages whose lease this worker holds: claimed, sending, or storing their end."""
+        return len(self._inflight) + len(self._ready)
 
     def wake(self) -> None:
         self._wake.set()
@@ -113,6 +131,7 @@ class Worker:
             await self._claim_loop()
         finally:
             self.webhooks.stop()
+            await self._release_ready()
             if self._inflight:
                 await asyncio.gather(*self._inflight.values(), return_exceptions=True)
             with contextlib.suppress(StoreUnavailable):
@@ -125,18 +144,16 @@ class Worker:
             log.info("worker %s: stopped", self.id)
 
     async def _claim_loop(self) -> None:
-        concurrency = self.delivery.concurrency
-        batch = min(self.delivery.claim_batch, concurrency)
-        threshold = max(1, batch // 2)
+        batch, threshold = self._batch, self._threshold
         store_backoff = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            free = concurrency - len(self._inflight)
+            self._start_ready()
             # Under rate limits, claim only what the providers can take soon:
             # the rest stays queued instead of bouncing back as deferrals.
-            budget = self.pool.send_budget(CLAIM_HORIZON_SECONDS) - len(self._inflight)
-            want = int(min(free, batch, max(budget, 0.0)))
-            claimed: list[Claimed] = []
+            ahead = self._sending + len(self._ready)
+            budget = self.pool.send_budget(CLAIM_HORIZON_SECONDS) - ahead
+            want = int(min(self._room(), batch, max(budget, 0.0)))
             if want >= min(threshold, max(budget, 1.0)) and want > 0:
                 try:
                     claimed = await self.store.claim(
@@ -150,13 +167,47 @@ class Worker:
                     )
                     await self._sleep(store_backoff)
                     continue
-                for message in claimed:
-                    task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
-                    self._inflight[message.id] = task
+                self._ready.extend(claimed)
+                self._start_ready()
                 if len(claimed) == want:
                     await asyncio.sleep(0)  # more may be due: let sends start, then claim again
                     continue
             await self._sleep(self.delivery.poll_interval_seconds)
+
+    def _room(self) -> int:
+        """How many more messages to claim: up to a batch beyond the free slots, and no
+        more than twice `concurrency` and a batch leased in all (rounds waiting for
+        their store write hold leases but no slot)."""
+        concurrency, batch = self._concurrency, self._batch
+        ready = len(self._ready)
+        return min(
+            concurrency + batch - self._sending - ready,
+            2 * concurrency + batch - len(self._inflight) - ready,
+        )
+
+    def _start_ready(self) -> None:
+        """Start claimed messages in the free slots."""
+        while self._ready and self._sending < self._concurrency and not self._stopping.is_set():
+            message = self._ready.popleft()
+            self._sending += 1
+            task = asyncio.create_task(self._deliver(message), name=f"deliver-{message.id}")
+            self._inflight[message.id] = task
+
+    async def _release_ready(self) -> None:
+        """Hand back what was claimed and never started (stopping): others may send it now."""
+        ids = [message.id for message in self._ready]
+        self._ready.clear()
+        if not ids:
+            return
+        try:
+            await self.store.release(self.id, ids)
+        except StoreUnavailable as exc:
+            log.warning(
+                "worker %s: could not hand back %d claimed messages (%s); their leases run out",
+                self.id,
+                len(ids),
+                exc,
+            )
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -167,7 +218,10 @@ class Worker:
 
     async def _deliver(self, message: Claimed) -> None:
         try:
-            finish = await self.router.deliver(message, owner=self.id)
+            try:
+                finish = await self.router.deliver(message, owner=self.id)
+            finally:
+                self._slot_freed()
             await self._store_finish(finish)
         except Exception:
             # A bug, not a provider or store problem: keep the worker alive; the
@@ -175,6 +229,14 @@ class Worker:
             log.exception("worker %s: message %s: delivery round crashed", self.id, message.id)
         finally:
             del self._inflight[message.id]
+            self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """A provider round ended: its slot takes the next claimed message (the lease of
+        the round just ended is kept until its end is stored)."""
+        self._sending -= 1
+        self._start_ready()
+        if self._room() >= self._threshold:
             self._wake.set()
 
     async def _store_finish(self, finish: Finish) -> None:
@@ -214,7 +276,7 @@ class Worker:
                 delay = min(_MAX_STORE_BACKOFF, delay * 2)
 
     async def _keep_leases(self) -> None:
-        ids = list(self._inflight)
+        ids = [*self._inflight, *(message.id for message in self._ready)]
         if ids:
             await self.store.extend_leases(self.id, ids, lease_seconds=self.delivery.lease_seconds)
 

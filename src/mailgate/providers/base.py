@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 import aiohttp
+import orjson
 from pydantic import BaseModel, SecretStr
 
 from mailgate.config import HttpProviderSettings
@@ -216,12 +217,16 @@ class HttpProvider(Provider):
                 if self.simulated_failure is SimulatedFailure.TIMEOUT:
                     await asyncio.Event().wait()  # hangs like a provider that never answers
                 session = self._get_session()
+                headers = request.headers
+                data: bytes | aiohttp.FormData | None = request.data
+                if request.json is not None:
+                    # orjson: a fifth of the CPU json and aiohttp's JSON payload cost.
+                    headers = {"Content-Type": "application/json", **headers}
+                    data = orjson.dumps(request.json)
+                elif request.form is not None:
+                    data = request.form
                 async with session.request(
-                    request.method,
-                    request.url,
-                    headers=request.headers,
-                    json=request.json,
-                    data=request.form if request.form is not None else request.data,
+                    request.method, request.url, headers=headers, data=data
                 ) as resp:
                     body = redacted(await resp.read(), self._secret_forms)
                     return HttpResponse(resp.status, dict(resp.headers), body)

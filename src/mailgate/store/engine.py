@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from mailgate.config import DatabaseSettings
 from mailgate.errors import InvalidRequest, StoreUnavailable
+from mailgate.store.bulk import json_text
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -130,6 +131,7 @@ class Database:
                 pool_size=settings.pool_size,
                 max_overflow=settings.pool_size,
                 pool_timeout=settings.busy_timeout_seconds,
+                json_serializer=json_text,
                 connect_args={
                     "timeout": settings.busy_timeout_seconds,
                     "command_timeout": settings.statement_timeout_seconds,
@@ -147,6 +149,7 @@ class Database:
             pool_size=pool_size,
             max_overflow=0,
             connect_args={"timeout": busy_seconds, "check_same_thread": False},
+            json_serializer=json_text,
         )
 
         @event.listens_for(engine, "connect")

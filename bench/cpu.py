@@ -24,32 +24,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
-from bench.harness import MESSAGE, cpu_seconds, fake_stats, process, service
+from bench.harness import MESSAGE, Service, cpu_seconds, fake_stats, process, service
 
 
 async def per_accept(n: int = 3000, concurrency: int = 64) -> float:
     async with service(worker=False) as svc:
-        headers = {"Authorization": f"Bearer {svc.key}"}
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        return await accept_load(svc, n, concurrency)
 
-            async def post() -> None:
-                async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
-                    await r.read()
-                    assert r.status == 202, r.status
 
-            await asyncio.gather(*(post() for _ in range(200)))
-            todo = iter(range(n))
+async def accept_load(
+    svc: Service,
+    n: int,
+    concurrency: int,
+    during: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+) -> float:
+    """CPU seconds per accept of `svc`'s process: `n` single POSTs over `concurrency`
+    connections after 200 to warm up, inside `during()` (bench.profile samples there)."""
+    headers = {"Authorization": f"Bearer {svc.key}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
-            async def client() -> None:
-                for _ in todo:
-                    await post()
+        async def post() -> None:
+            async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
+                await r.read()
+                assert r.status == 202, r.status
 
+        await asyncio.gather(*(post() for _ in range(200)))
+        todo = iter(range(n))
+
+        async def client() -> None:
+            for _ in todo:
+                await post()
+
+        async with during():
             before = cpu_seconds(svc.pid)
             await asyncio.gather(*(client() for _ in range(concurrency)))
             return (cpu_seconds(svc.pid) - before) / n

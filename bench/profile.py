@@ -35,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.cpu import accept_load
 from bench.harness import MESSAGE, cpu_seconds, fake_stats, process, service
 
 # (layer, markers in a frame's file path); the first layer whose marker a frame's file
@@ -107,27 +108,7 @@ async def sampling(pid: int, out: Path) -> AsyncIterator[None]:
 async def accept(n: int, out: Path, concurrency: int = 64) -> float:
     """CPU seconds per accepted message of `serve --no-worker`, sampled into `out`."""
     async with service(worker=False) as svc:
-        headers = {"Authorization": f"Bearer {svc.key}"}
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
-
-            async def post() -> None:
-                async with session.post(f"{svc.url}/v1/messages", json=MESSAGE) as r:
-                    await r.read()
-                    assert r.status == 202, r.status
-
-            await asyncio.gather(*(post() for _ in range(200)))
-            todo = iter(range(n))
-
-            async def client() -> None:
-                for _ in todo:
-                    await post()
-
-            async with sampling(svc.pid, out):
-                before = cpu_seconds(svc.pid)
-                await asyncio.gather(*(client() for _ in range(concurrency)))
-                used = cpu_seconds(svc.pid) - before
-    return used / n
+        return await accept_load(svc, n, concurrency, during=lambda: sampling(svc.pid, out))
 
 
 async def batch(n: int, out: Path, size: int = 1000, concurrency: int = 4) -> float:

@@ -18,11 +18,11 @@ OpenAPI document and the scope checks.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mailgate.api.auth import Caller, bearer_secret
@@ -58,16 +58,24 @@ async def caller_of(ctx: ApiContext, authorization: str | None) -> Caller:
     return caller
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], body: bytes) -> M:
+    """The request body as `model`; 400 naming the first bad field otherwise."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 async def send_one(
     ctx: ApiContext, authorization: str | None, idempotency: str | None, body: bytes
 ) -> tuple[int, dict[str, Any]]:
     """`POST /v1/messages`: 202 and the message once it is committed (200 and the
     original for an idempotent repeat)."""
     caller = await caller_of(ctx, authorization)
-    try:
-        message = MessageIn.model_validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    message = validated(MessageIn, body)
     key = idempotency_key(idempotency)
     item, accepted = await ctx.acceptor.accept(message, caller.tenant, idempotency_key=key)
     if not accepted.created:
@@ -82,10 +90,7 @@ async def send_many(
     """`POST /v1/messages/batch`: each message validated on its own, the valid ones
     stored in one group, an answer per item."""
     caller = await caller_of(ctx, authorization)
-    try:
-        batch = BatchIn.model_validate_json(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    batch = validated(BatchIn, body)
     base_key = idempotency_key(idempotency)
     items = await ctx.acceptor.accept_batch(batch.messages, caller.tenant, idempotency_key=base_key)
     data: list[dict[str, Any]] = []

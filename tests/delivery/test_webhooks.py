@@ -238,10 +238,19 @@ async def test_ten_thousand_events_to_one_endpoint_none_lost(run: Run, receiver:
     # At least once: a try that timed out after the receiver took it comes
     # again with the same webhook-id, which is what receivers dedupe on.
     await eventually(lambda: len(unique()) >= 10_000, timeout=240, interval=0.2)
+    [endpoint] = await h.store.list_webhooks(tenant_id="default")
+    deliveries: list[Any] = []
+
+    async def recorded() -> bool:
+        # The receiver has the last requests before their answers are written
+        # back; compare counts once every delivery's try is on record.
+        nonlocal deliveries
+        deliveries = await h.store.webhook_deliveries("default", endpoint.id, limit=20_000)
+        return len(deliveries) == 10_000 and all(d.status == "delivered" for d in deliveries)
+
+    await eventually(recorded, timeout=60, interval=0.2)
     events = receiver.events()
     assert len(unique()) == 10_000
-    [endpoint] = await h.store.list_webhooks(tenant_id="default")
-    deliveries = await h.store.webhook_deliveries("default", endpoint.id, limit=20_000)
     retried = sum(d.tries for d in deliveries) - len(deliveries)
     assert len(receiver.got) - 10_000 <= retried  # a second copy only after a failed try
     assert {(e["type"], e["data"]["message_id"]) for e in events} == {

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -97,3 +101,100 @@ async def test_claims_read_the_due_index_not_the_whole_queue(tmp_path: Path) -> 
         plan = [row[3] for row in raw.execute(f"EXPLAIN QUERY PLAN {statement}", params)]  # type: ignore[arg-type]
     assert any("ix_messages_due" in step for step in plan), plan
     assert not any("TEMP B-TREE" in step for step in plan), plan
+
+
+@asynccontextmanager
+async def turn_held_elsewhere(path: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Another process holding the writers' turn (`<db>-lock`) until its stdin closes."""
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(path) + '-lock'!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert await holder.stdout.readline() == b"held\n"
+    try:
+        yield holder
+    finally:
+        if holder.returncode is None:
+            holder.stdin.close()
+        await holder.wait()
+
+
+async def sqlite_store(tmp_path: Path, **settings: Any) -> tuple[Store, Path]:
+    path = tmp_path / "db.sqlite"
+    store = Store(DatabaseSettings(url=f"sqlite:///{path}", **settings))
+    await store.migrate()
+    return store, path
+
+
+async def test_a_writer_waits_its_turn_and_writes_when_the_other_process_is_done(
+    tmp_path: Path,
+) -> None:
+    store, path = await sqlite_store(tmp_path)
+    async with turn_held_elsewhere(path) as holder:
+        accepting = asyncio.create_task(store.accept(new()))
+        await asyncio.sleep(0.3)
+        assert not accepting.done()  # waiting for the turn, not failing
+        assert holder.stdin is not None
+        holder.stdin.close()
+        await asyncio.wait_for(accepting, timeout=5)
+    assert await count(store) == 1
+    await store.close()
+
+
+async def test_a_writer_killed_holding_the_turn_frees_it(tmp_path: Path) -> None:
+    store, path = await sqlite_store(tmp_path)
+    async with turn_held_elsewhere(path) as holder:
+        accepting = asyncio.create_task(store.accept(new()))
+        await asyncio.sleep(0.2)
+        assert not accepting.done()
+        holder.kill()
+        await asyncio.wait_for(accepting, timeout=5)
+    assert await count(store) == 1
+    await store.close()
+
+
+async def test_a_turn_held_past_the_busy_timeout_is_unavailable_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    store, path = await sqlite_store(tmp_path, busy_timeout_seconds=0.3)
+    kept = new()
+    await store.accept(kept)
+    async with turn_held_elsewhere(path):
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.accept(new())
+        # A wait given up is cancelled, too, without leaving the turn taken.
+        waiting = asyncio.create_task(store.accept(new()))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises((asyncio.CancelledError, StoreUnavailable)):
+            await waiting
+    # Both abandoned waits got the turn when the holder left and gave it back.
+    await asyncio.wait_for(store.accept(new()), timeout=5)
+    with sqlite3.connect(path, timeout=5) as raw:  # and nobody holds SQLite's lock
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("ROLLBACK")
+    assert await count(store) in (2, 3)  # the cancelled one may have been written after all
+    assert (await store.get_message("default", kept.id)).status == "queued"
+    await store.close()
+
+
+async def test_two_stores_in_one_process_take_turns(tmp_path: Path) -> None:
+    """Each store has its own turn (as two processes would): they write alternately."""
+    path = tmp_path / "db.sqlite"
+    settings = DatabaseSettings(url=f"sqlite:///{path}")
+    first, second = Store(settings), Store(settings)
+    await first.migrate()
+    await asyncio.gather(
+        *(first.accept(new()) for _ in range(200)), *(second.accept(new()) for _ in range(200))
+    )
+    assert await count(first) == 400
+    await first.close()
+    await second.close()

@@ -54,9 +54,19 @@ class Values:
     """The driver-ready form of values for one connection's dialect."""
 
     def __init__(self, conn: Connection) -> None:
-        sqlite = conn.dialect.name == "sqlite"
+        self._set(conn.dialect.name)
+
+    def _set(self, dialect: str) -> None:
+        sqlite = dialect == "sqlite"
         self.stamp: Callable[[datetime], Any] = _sqlite_stamp if sqlite else _utc
         self.read_stamp: Callable[[Any], datetime] = _sqlite_read_stamp if sqlite else _utc
+
+    @classmethod
+    def of(cls, dialect: str) -> Values:
+        """The forms of a dialect by its name (`sqlite`, `postgresql`), without a connection."""
+        values = cls.__new__(cls)
+        values._set(dialect)
+        return values
 
     def optional_stamp(self, value: datetime | None) -> Any:
         return None if value is None else self.stamp(value)

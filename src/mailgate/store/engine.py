@@ -260,6 +260,10 @@ class Database:
             # even if this caller is cancelled meanwhile: the commit is not.
             committed.add_done_callback(lambda _: lock.release())
             handed_over = True
+            # Let go of the GIL for a moment, so the commit thread starts now rather
+            # than when the loop next waits: SQLite's write lock, which another
+            # process may be waiting for, is held until the commit has run.
+            time.sleep(0)
             await asyncio.shield(committed)
             return result
         finally:

@@ -7,6 +7,8 @@ every caller only after that commit. While it commits, the next group
 gathers, so batches grow exactly as fast as load does and a lone request
 waits for nobody.
 
+Whatever a group's rows need that the database does not (their values in
+the driver's form, JSON text) is made by `prepare` before the transaction.
 A `flush` may answer one item with an exception (say, an idempotency key
 reused with another body) without failing the others. If the transaction
 itself fails with an integrity error (a race with another process) or a
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -32,7 +34,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-Flush = Callable[[Connection, Sequence[T]], Sequence[R | Exception]]
+Flush = Callable[[Connection, Sequence[T], Any], Sequence[R | Exception]]
+"""Write a group in the open transaction: `flush(conn, items, prepared)`, an answer per item."""
+Prepare = Callable[[Sequence[T], str], Any]
+"""What a flush can make of its items without the database (`prepare(items, dialect)`)."""
 
 
 class GroupCommit(Generic[T, R]):
@@ -44,9 +49,11 @@ class GroupCommit(Generic[T, R]):
         name: str,
         max_batch: int = 1000,
         after_commit: Callable[[Sequence[T]], None] | None = None,
+        prepare: Prepare[T] | None = None,
     ) -> None:
         self._database = database
         self._flush = flush
+        self._prepare = prepare
         self._name = name
         self._max_batch = max_batch
         self._after_commit = after_commit
@@ -91,7 +98,10 @@ class GroupCommit(Generic[T, R]):
     ) -> None:
         items = [item for item, _ in batch]
         try:
-            results = await self._database.write(self._flush, items)
+            # Made before the transaction: on SQLite its write lock, which other
+            # processes may be waiting for, is held only for the statements.
+            prepared = self._prepare(items, self._database.dialect) if self._prepare else None
+            results = await self._database.write(self._flush, items, prepared)
         except IntegrityError as exc:
             if len(batch) > 1:
                 for one in batch:

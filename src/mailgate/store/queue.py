@@ -10,6 +10,7 @@ the database's only write lock.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -82,42 +83,60 @@ _NEW_TAGS = BulkInsert(message_tags, ("message_id", "tag"))
 _NEW_EVENTS = BulkInsert(events, ("message_id", "type", "at", "detail"))
 
 
-def enqueue(conn: Connection, items: Sequence[NewMessage]) -> None:
-    """Insert new messages with their bodies, recipients, tags and first event: one
-    `executemany` per table for the whole group (`bulk.BulkInsert`)."""
-    if not items:
-        return
-    values = Values(conn)
+@dataclass(frozen=True, slots=True)
+class NewRows:
+    """One new message's rows in the driver's form; made without the database."""
+
+    message: tuple[Any, ...]
+    body: tuple[Any, ...]
+    recipients: list[tuple[Any, ...]]
+    tags: list[tuple[Any, ...]]
+    event: tuple[Any, ...]
+
+
+def new_rows(items: Sequence[NewMessage], dialect: str) -> dict[str, NewRows]:
+    """The rows of new messages, by message id (`enqueue` writes them)."""
+    values = Values.of(dialect)
     stamp = values.stamp
-    message_rows: list[tuple[Any, ...]] = []
-    body_rows: list[tuple[Any, ...]] = []
-    recipient_rows: list[tuple[Any, ...]] = []
-    tag_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
+    made: dict[str, NewRows] = {}
     for item in items:
         envelope, body = split_email(item.email)
         created = stamp(item.created_at)
         start = stamp(item.send_at) if item.send_at is not None else created
         message_id = item.id
-        message_rows.append(
-            (
+        email = item.email
+        emails = {a.email.lower() for a in (*email.to, *email.cc, *email.bcc)}
+        kind, detail = item.first_event()
+        made[message_id] = NewRows(
+            message=(
                 message_id, item.tenant_id, item.status.value, json_text(envelope),
                 values.optional_stamp(item.send_at), start, start, 0, item.forced_provider,
                 item.idempotency_key, item.request_hash, created, created,
-            )
+            ),
+            body=(message_id, json_text(body)),
+            recipients=[(message_id, e) for e in emails],
+            tags=[(message_id, t) for t in set(email.tags)],
+            event=(message_id, kind.value, created, json_text(detail)),
         )  # fmt: skip
-        body_rows.append((message_id, json_text(body)))
-        email = item.email
-        emails = {a.email.lower() for a in (*email.to, *email.cc, *email.bcc)}
-        recipient_rows.extend((message_id, e) for e in emails)
-        tag_rows.extend((message_id, t) for t in set(email.tags))
-        kind, detail = item.first_event()
-        event_rows.append((message_id, kind.value, created, json_text(detail)))
-    _NEW_MESSAGES.run(conn, message_rows)
-    _NEW_BODIES.run(conn, body_rows)
-    _NEW_RECIPIENTS.run(conn, recipient_rows)
-    _NEW_TAGS.run(conn, tag_rows)
-    _NEW_EVENTS.run(conn, event_rows)
+    return made
+
+
+def enqueue(
+    conn: Connection, items: Sequence[NewMessage], made: dict[str, NewRows] | None = None
+) -> None:
+    """Insert new messages with their bodies, recipients, tags and first event: one
+    `executemany` per table for the whole group (`bulk.BulkInsert`). `made` holds their
+    rows when the caller made them before the transaction (`new_rows`)."""
+    if not items:
+        return
+    if made is None:
+        made = new_rows(items, conn.dialect.name)
+    rows = [made[item.id] for item in items]
+    _NEW_MESSAGES.run(conn, [r.message for r in rows])
+    _NEW_BODIES.run(conn, [r.body for r in rows])
+    _NEW_RECIPIENTS.run(conn, [x for r in rows for x in r.recipients])
+    _NEW_TAGS.run(conn, [x for r in rows for x in r.tags])
+    _NEW_EVENTS.run(conn, [r.event for r in rows])
 
 
 _CLAIM = (
@@ -147,40 +166,56 @@ tenant's suppression list: the claim pays a second query only for the rare messa
 has one."""
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedRows:
+    """A claim as the database returned it; `decoded` makes the messages of it."""
+
+    dialect: str
+    rows: Sequence[Any]
+    bodies: dict[str, Any]
+    suppressed: dict[str, list[str]]
+
+    def decoded(self) -> list[Claimed]:
+        """The claimed messages, their JSON decoded: done after the commit, so the work
+        does not hold SQLite's write lock, which other processes may be waiting for."""
+        bodies, suppressed = self.bodies, self.suppressed
+        read_stamp = Values.of(self.dialect).read_stamp
+        return [
+            Claimed(
+                id=message_id,
+                tenant_id=tenant_id,
+                email=join_email(json_value(envelope), json_value(bodies[message_id])),
+                window_start=read_stamp(window_start),
+                rounds=rounds,
+                forced_provider=forced_provider,
+                suppressed=frozenset(suppressed.get(message_id, ())),
+            )
+            for message_id, tenant_id, envelope, window_start, rounds, forced_provider in self.rows
+        ]
+
+
 def claim(
     conn: Connection, *, owner: str, now: datetime, lease_until: datetime, limit: int
-) -> list[Claimed]:
+) -> ClaimedRows:
     """Lease up to `limit` due messages, oldest due first, and read their content.
 
-    Plain SQL through the driver, its values decoded here: SQLAlchemy's result
-    processing cost as much as the statements (bench.profile).
+    Plain SQL through the driver, its values decoded by the caller
+    (`ClaimedRows.decoded`): SQLAlchemy's result processing cost as much as
+    the statements (bench.profile).
     """
-    values = Values(conn)
-    stamp = values.stamp
+    dialect = conn.dialect.name
+    stamp = Values.of(dialect).stamp
     params = (owner, stamp(lease_until), stamp(now), stamp(now), limit)
-    rows = conn.exec_driver_sql(_CLAIM_SQL[conn.dialect.name], params).all()
+    rows = conn.exec_driver_sql(_CLAIM_SQL[dialect], params).all()
     if not rows:
-        return []
+        return ClaimedRows(dialect, [], {}, {})
     marks = outbox.placeholders(conn, len(rows))
     body_rows = conn.exec_driver_sql(
         _BODIES.format(", ".join(marks)), tuple(r[0] for r in rows)
     ).all()
-    bodies = {r[0]: json_value(r[1]) for r in body_rows}
     flagged = [r[0] for r in body_rows if r[2]]
     suppressed = _suppressed(conn, flagged) if flagged else {}
-    read_stamp = values.read_stamp
-    return [
-        Claimed(
-            id=message_id,
-            tenant_id=tenant_id,
-            email=join_email(json_value(envelope), bodies[message_id]),
-            window_start=read_stamp(window_start),
-            rounds=rounds,
-            forced_provider=forced_provider,
-            suppressed=frozenset(suppressed.get(message_id, ())),
-        )
-        for message_id, tenant_id, envelope, window_start, rounds, forced_provider in rows
-    ]
+    return ClaimedRows(dialect, rows, {r[0]: r[1] for r in body_rows}, suppressed)
 
 
 def _suppressed(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
@@ -325,18 +360,21 @@ _NEW_ATTEMPTS = BulkInsert(
 )
 
 
-def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
-    """Record how delivery rounds ended: status, attempts and events, in one go.
+@dataclass(frozen=True, slots=True)
+class FinishRows:
+    """A group of finished rounds' rows in the driver's form; made without the database."""
 
-    The status changes only while the finishing worker still holds the lease;
-    the attempts and events are kept either way, because they happened.
-    """
-    if not items:
-        return
-    stamp = Values(conn).stamp
+    now: datetime
+    messages: list[tuple[Any, ...]]
+    attempts: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+
+
+def finish_rows(items: Sequence[Finish], dialect: str, now: datetime) -> FinishRows:
+    stamp = Values.of(dialect).stamp
     at_now = stamp(now)
-    _FINISH.run(
-        conn,
+    return FinishRows(
+        now,
         [
             (
                 f.status.value, f.rounds, f.provider, f.provider_message_id, f.last_error,
@@ -345,9 +383,6 @@ def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
             )
             for f in items
         ],
-    )  # fmt: skip
-    _NEW_ATTEMPTS.run(
-        conn,
         [
             (
                 f.message_id, a.provider, stamp(a.started_at), a.duration_ms, a.outcome.value,
@@ -356,15 +391,27 @@ def finish(conn: Connection, items: Sequence[Finish], *, now: datetime) -> None:
             for f in items
             for a in f.attempts
         ],
-    )  # fmt: skip
-    _NEW_EVENTS.run(
-        conn,
         [
             (f.message_id, e.type.value, stamp(e.at), json_text(dict(e.detail)))
             for f in items
             for e in f.events
         ],
-    )
+    )  # fmt: skip
+
+
+def finish(conn: Connection, items: Sequence[Finish], rows: FinishRows) -> None:
+    """Record how delivery rounds ended: status, attempts and events, in one go.
+
+    The status changes only while the finishing worker still holds the lease;
+    the attempts and events are kept either way, because they happened.
+    `rows` are the items' rows (`finish_rows`), made before the transaction.
+    """
+    if not items:
+        return
+    now = rows.now
+    _FINISH.run(conn, rows.messages)
+    _NEW_ATTEMPTS.run(conn, rows.attempts)
+    _NEW_EVENTS.run(conn, rows.events)
     dropped = [(f.message_id, email) for f in items for email in f.suppressed]
     if dropped:
         conn.execute(

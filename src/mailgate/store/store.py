@@ -65,10 +65,17 @@ class Store:
         self.db = Database(settings)
         self._accept_listeners: list[Callable[[int], None]] = []
         self._accepts: GroupCommit[NewMessage, Accepted] = GroupCommit(
-            self.db, _flush_accepts, name="accept", after_commit=self._notify_accepted
+            self.db,
+            _flush_accepts,
+            name="accept",
+            after_commit=self._notify_accepted,
+            prepare=queue.new_rows,
         )
         self._finishes: GroupCommit[Finish, None] = GroupCommit(
-            self.db, _flush_finishes, name="finish"
+            self.db,
+            _flush_finishes,
+            name="finish",
+            prepare=lambda items, dialect: queue.finish_rows(items, dialect, utcnow()),
         )
 
     # --- lifecycle -----------------------------------------------------------
@@ -333,13 +340,14 @@ class Store:
 
     async def claim(self, owner: str, *, limit: int, lease_seconds: float) -> list[Claimed]:
         now = utcnow()
-        return await self.db.write(
+        claimed = await self.db.write(
             queue.claim,
             owner=owner,
             now=now,
             lease_until=now + timedelta(seconds=lease_seconds),
             limit=limit,
         )
+        return claimed.decoded()
 
     async def finish(self, item: Finish) -> None:
         await self._finishes.submit(item)
@@ -539,7 +547,9 @@ def _reclaim(conn: Connection, now: datetime, dead: Sequence[str]) -> list[str]:
     return reclaimed
 
 
-def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accepted | Exception]:
+def _flush_accepts(
+    conn: Connection, items: Sequence[NewMessage], made: dict[str, queue.NewRows] | None = None
+) -> list[Accepted | Exception]:
     """Insert a group of new messages, answering repeats of an idempotency key.
 
     A key seen before (in the store or earlier in this group) with the same
@@ -571,7 +581,7 @@ def _flush_accepts(conn: Connection, items: Sequence[NewMessage]) -> list[Accept
         results.append(Accepted(item.id, item.status, created=True))
     if any(item.daily_quota is not None for item in fresh):
         fresh = _within_quotas(conn, fresh, results, items)
-    queue.enqueue(conn, fresh)
+    queue.enqueue(conn, fresh, made)
     if fresh:
         outbox.enqueue_lazily(
             conn,
@@ -645,6 +655,8 @@ def _repeat(
     return Accepted(message_id, status, created=False)
 
 
-def _flush_finishes(conn: Connection, items: Sequence[Finish]) -> list[None]:
-    queue.finish(conn, items, now=utcnow())
+def _flush_finishes(
+    conn: Connection, items: Sequence[Finish], rows: queue.FinishRows | None = None
+) -> list[None]:
+    queue.finish(conn, items, rows or queue.finish_rows(items, conn.dialect.name, utcnow()))
     return [None] * len(items)

@@ -42,6 +42,7 @@ from mailgate.errors import StoreUnavailable
 from mailgate.metrics import Metrics
 from mailgate.store import Store
 from mailgate.store.webhooks import Due, Outcome, Policy
+from mailgate.streams import read_at_most
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class WebhookSender:
                 async with self._http().post(due.url, data=body, headers=headers) as response:
                     status = response.status
                     if not 200 <= status < 300:
-                        text = (await response.content.read(MAX_ERROR_CHARS)).decode(
+                        text = (await read_at_most(response.content, MAX_ERROR_CHARS)).decode(
                             "utf-8", "replace"
                         )
                         error = f"HTTP {status}: {text}".strip()

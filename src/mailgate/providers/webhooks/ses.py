@@ -58,6 +58,7 @@ from mailgate.events.inbound import (
     from_iso,
 )
 from mailgate.providers.ses import MAILGATE_ID_TAG, decode_tag
+from mailgate.streams import read_at_most
 
 Fetch = Callable[[str], Awaitable[bytes]]
 """GET an https URL and return the body; raise on anything but a 2xx."""
@@ -321,7 +322,7 @@ class SesWebhook(EventWebhook):
                 timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
             )
         async with self._session.get(url, allow_redirects=False) as response:
-            body = await response.content.read(MAX_FETCH_BYTES + 1)
+            body = await read_at_most(response.content, MAX_FETCH_BYTES + 1)
             if not 200 <= response.status < 300:
                 raise FetchFailed(f"GET {url} answered {response.status}")
             if len(body) > MAX_FETCH_BYTES:

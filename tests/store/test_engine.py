@@ -7,20 +7,21 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from mailgate.config import DatabaseSettings
 from mailgate.errors import StoreUnavailable
-from mailgate.store import Store
+from mailgate.store import Store, utcnow
 from mailgate.store import migrate as migrations
 from mailgate.store.engine import driver_url
-from mailgate.store.tables import metadata
+from mailgate.store.tables import messages, metadata
 from tests.store.test_queue import count, new
 
 
@@ -198,3 +199,33 @@ async def test_two_stores_in_one_process_take_turns(tmp_path: Path) -> None:
     assert await count(first) == 400
     await first.close()
     await second.close()
+
+
+async def test_a_lease_starts_when_the_claim_is_written_not_when_it_was_asked_for(
+    tmp_path: Path,
+) -> None:
+    """A claim or a lease extension that waited for the write turn still gets its whole
+    lease: otherwise a worker could be handed messages whose lease ran out meanwhile."""
+    store, path = await sqlite_store(tmp_path)
+    item = new()
+    await store.accept(item)
+    async with turn_held_elsewhere(path):
+        claiming = asyncio.create_task(store.claim("w1", limit=1, lease_seconds=30))
+        await asyncio.sleep(0.3)
+        assert not claiming.done()
+        let_go = utcnow()
+    [claimed] = await asyncio.wait_for(claiming, timeout=5)
+    assert await lease_until(store, claimed.id) >= let_go + timedelta(seconds=30)
+    async with turn_held_elsewhere(path):
+        extending = asyncio.create_task(store.extend_leases("w1", [item.id], lease_seconds=60))
+        await asyncio.sleep(0.3)
+        let_go = utcnow()
+    assert await asyncio.wait_for(extending, timeout=5) == 1
+    assert await lease_until(store, item.id) >= let_go + timedelta(seconds=60)
+    await store.close()
+
+
+async def lease_until(store: Store, message_id: str) -> datetime:
+    query = select(messages.c.lease_until).where(messages.c.id == message_id)
+    until: datetime = await store.db.read(lambda conn: conn.execute(query).scalar_one())
+    return until if until.tzinfo else until.replace(tzinfo=UTC)

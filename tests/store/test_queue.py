@@ -176,6 +176,61 @@ async def test_live_leases_are_extended_not_reclaimed(store: Store) -> None:
     assert await store.extend_leases("w2", [item.id], lease_seconds=30) == 0
 
 
+async def reclaimed_from(store: Store, owner: str) -> str:
+    """A message claimed by `owner` whose lease ran out and was taken back."""
+    item = new()
+    await store.accept(item)
+    [claimed] = await store.claim(owner, limit=1, lease_seconds=0.05)
+    assert claimed.id == item.id
+    await asyncio.sleep(0.1)
+    assert await store.reclaim_expired() == [item.id]
+    return item.id
+
+
+async def test_a_slow_workers_late_finish_wins_while_nobody_claimed_the_message(
+    store: Store,
+) -> None:
+    """A worker that stalled past its lease and then stores its round's end: the
+    message is sent once, and its history tells of the reclaim."""
+    message_id = await reclaimed_from(store, "slow")
+    await store.finish(sent(message_id, "slow"))
+    view = await store.get_message("default", message_id)
+    assert view.status == "sent"
+    assert [e.type for e in view.events] == ["accepted", "reclaimed", "sent"]
+    assert sorted(a.outcome for a in view.attempts) == ["ambiguous", "sent"]
+    assert await store.claim("w2", limit=10, lease_seconds=30) == []
+
+
+async def test_a_late_finish_loses_to_a_worker_that_claimed_the_message(store: Store) -> None:
+    message_id = await reclaimed_from(store, "slow")
+    [claimed] = await store.claim("w2", limit=1, lease_seconds=30)
+    await store.finish(sent(message_id, "slow"))
+    assert (await store.get_message("default", message_id)).status == "sending"
+    assert await store.extend_leases("slow", [message_id], lease_seconds=30) == 0
+    await store.finish(sent(claimed.id, "w2"))
+    view = await store.get_message("default", message_id)
+    assert view.status == "sent"
+    assert len([a for a in view.attempts if a.outcome == "sent"]) == 2  # both are on record
+
+
+async def test_a_slow_worker_keeps_its_lease_while_nobody_claimed_the_message(
+    store: Store,
+) -> None:
+    message_id = await reclaimed_from(store, "slow")
+    assert await store.extend_leases("slow", [message_id], lease_seconds=30) == 1
+    assert (await store.get_message("default", message_id)).status == "sending"
+    assert await store.claim("w2", limit=10, lease_seconds=30) == []
+    assert await store.reclaim_expired() == []
+
+
+async def test_a_late_finish_does_not_undo_a_cancel(store: Store) -> None:
+    message_id = await reclaimed_from(store, "slow")
+    await store.cancel("default", message_id)
+    await store.finish(sent(message_id, "slow"))
+    assert await store.extend_leases("slow", [message_id], lease_seconds=30) == 0
+    assert (await store.get_message("default", message_id)).status == "cancelled"
+
+
 async def test_release_hands_back_claimed_messages(store: Store) -> None:
     item = new()
     await store.accept(item)

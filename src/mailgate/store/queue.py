@@ -244,17 +244,22 @@ def _suppressed(conn: Connection, ids: Sequence[str]) -> dict[str, list[str]]:
 def extend_leases(
     conn: Connection, *, owner: str, ids: Sequence[str], lease_until: datetime
 ) -> int:
-    """Push the lease of messages this worker still holds; returns how many it still held."""
+    """Push the lease of messages this worker still holds; returns how many it still held.
+
+    A message taken back from this worker (`reclaim_expired`: it stalled past its
+    lease) that nobody has claimed since is leased to it again: its send is still
+    on its way, and whoever claimed the message now would send it a second time.
+    """
     if not ids:
         return 0
     result = conn.execute(
         update(messages)
         .where(
             messages.c.id.in_(ids),
-            messages.c.status == Status.SENDING,
+            messages.c.status.in_((Status.SENDING, Status.QUEUED)),
             messages.c.lease_owner == owner,
         )
-        .values(lease_until=lease_until)
+        .values(status=Status.SENDING, lease_until=lease_until)
     )
     return result.rowcount
 
@@ -289,6 +294,11 @@ def reclaim_expired(
     The lost try may have reached a provider, so it is recorded as an
     `ambiguous` attempt and a `reclaimed` event naming the old owner: a
     resulting double send is visible in the message's history.
+
+    The old owner stays named on the queued message until someone claims it:
+    a worker that was only slow (starved of CPU, paused) and comes back before
+    then still finishes its round (`finish`) or keeps its lease
+    (`extend_leases`), and the message is not sent twice.
     """
     lost = messages.c.lease_until < now
     if dead:
@@ -308,13 +318,7 @@ def reclaim_expired(
     conn.execute(
         update(messages)
         .where(messages.c.id.in_(ids), messages.c.status == Status.SENDING)
-        .values(
-            status=Status.QUEUED,
-            lease_owner=None,
-            lease_until=None,
-            next_attempt_at=now,
-            updated_at=now,
-        )
+        .values(status=Status.QUEUED, lease_until=None, next_attempt_at=now, updated_at=now)
     )
     conn.execute(
         insert(attempts),
@@ -351,9 +355,10 @@ _FINISH = DriverStatement(
     "UPDATE messages SET status = ?, rounds = ?, provider = coalesce(?, provider), "
     "provider_message_id = ?, last_error = ?, next_attempt_at = ?, lease_owner = NULL, "
     "lease_until = NULL, updated_at = ? "
-    "WHERE id = ? AND status = 'sending' AND lease_owner = ?"
+    "WHERE id = ? AND status IN ('sending', 'queued') AND lease_owner = ?"
 )
-"""A round's end changes the message only while the finishing worker holds its lease."""
+"""A round's end changes the message only while the finishing worker holds its lease, or
+its lease was taken back and nobody has claimed the message since (`reclaim_expired`)."""
 _NEW_ATTEMPTS = BulkInsert(
     attempts,
     ("message_id", "provider", "started_at", "duration_ms", "outcome", "status_code", "error"),
@@ -402,8 +407,9 @@ def finish_rows(items: Sequence[Finish], dialect: str, now: datetime) -> FinishR
 def finish(conn: Connection, items: Sequence[Finish], rows: FinishRows) -> None:
     """Record how delivery rounds ended: status, attempts and events, in one go.
 
-    The status changes only while the finishing worker still holds the lease;
-    the attempts and events are kept either way, because they happened.
+    The status changes only while the finishing worker still holds the lease
+    (or lost it and nobody else has claimed the message since); the attempts and
+    events are kept either way, because they happened.
     `rows` are the items' rows (`finish_rows`), made before the transaction.
     """
     if not items:

@@ -339,22 +339,14 @@ class Store:
     # --- the worker's side ---------------------------------------------------
 
     async def claim(self, owner: str, *, limit: int, lease_seconds: float) -> list[Claimed]:
-        now = utcnow()
-        claimed = await self.db.write(
-            queue.claim,
-            owner=owner,
-            now=now,
-            lease_until=now + timedelta(seconds=lease_seconds),
-            limit=limit,
-        )
+        claimed = await self.db.write(_claim, owner, limit, timedelta(seconds=lease_seconds))
         return claimed.decoded()
 
     async def finish(self, item: Finish) -> None:
         await self._finishes.submit(item)
 
     async def extend_leases(self, owner: str, ids: Sequence[str], *, lease_seconds: float) -> int:
-        until = utcnow() + timedelta(seconds=lease_seconds)
-        return await self.db.write(queue.extend_leases, owner=owner, ids=ids, lease_until=until)
+        return await self.db.write(_extend_leases, owner, ids, timedelta(seconds=lease_seconds))
 
     async def release(self, owner: str, ids: Sequence[str]) -> None:
         await self.db.write(queue.release, owner=owner, ids=ids, now=utcnow())
@@ -536,6 +528,23 @@ class Store:
 
 def utc_day(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _claim(conn: Connection, owner: str, limit: int, lease: timedelta) -> queue.ClaimedRows:
+    """A claim whose lease starts when its statement runs.
+
+    Reading the clock before the write would start the lease early by however
+    long the write waited for a connection or the write lock: under load a
+    lease could be spent, or nearly, before the worker held the message, and
+    another worker's reclaim would take back a message still being sent.
+    """
+    now = utcnow()
+    return queue.claim(conn, owner=owner, now=now, lease_until=now + lease, limit=limit)
+
+
+def _extend_leases(conn: Connection, owner: str, ids: Sequence[str], lease: timedelta) -> int:
+    """Push leases forward from when the statement runs (see `_claim`)."""
+    return queue.extend_leases(conn, owner=owner, ids=ids, lease_until=utcnow() + lease)
 
 
 def _reclaim(conn: Connection, now: datetime, dead: Sequence[str]) -> list[str]:

@@ -62,7 +62,9 @@ def test_messages(gateway: Running) -> None:
         assert mg.wait(failed["id"], until="failed")["last_error"].startswith("suppressed")
         assert mg.retry_failed(dry_run=True) == {"matched": 1, "retried": 0}
         mg.unsuppress("gone@example.org")
-        assert mg.retry(failed["id"])["status"] == "queued"
+        # The answer is the message as read after the retry: the gateway's worker, woken
+        # by it, may have claimed or even sent it by then.
+        assert mg.retry(failed["id"])["status"] in ("queued", "sending", "sent", "delivered")
         mg.wait(failed["id"], until=("sent", "delivered"))
         assert mg.retry_failed() == {"matched": 0, "retried": 0}
 

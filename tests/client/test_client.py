@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -97,6 +98,13 @@ def test_providers_suppressions_webhooks_keys_tenants(gateway: Running) -> None:
         mg.test_webhook(hook["id"])
         [delivery] = list(mg.webhook_deliveries(hook["id"]))
         assert delivery["event_type"] == "webhook.test"
+        # The gateway's sender tries it at once: a delivery in flight cannot be retried
+        # (404), so wait for its first try to end (the next waits 5 s) and retry then.
+        deadline = time.monotonic() + 30
+        while delivery["status"] == "delivering" or not delivery["attempts"]:
+            assert time.monotonic() < deadline, delivery
+            time.sleep(0.05)
+            [delivery] = list(mg.webhook_deliveries(hook["id"]))
         mg.retry_webhook_delivery(hook["id"], delivery["id"])
         assert mg.webhook(hook["id"])["events"] == ["message.bounced"]
         mg.delete_webhook(hook["id"])

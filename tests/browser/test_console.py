@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -274,6 +275,14 @@ def test_webhooks_page_creates_tests_and_retries(gateway: Gateway, page: Page) -
     rows = page.locator("#deliveries tbody tr[data-delivery]")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text("webhook.test")
+    # The gateway's sender tries it at once, and a delivery in flight cannot be retried:
+    # reload until its first try has ended (the next waits 5 s), then retry.
+    deadline = time.monotonic() + 30
+    cells = rows.first.locator("td")
+    while cells.nth(2).inner_text().startswith("delivering") or cells.nth(3).inner_text() == "0":
+        assert time.monotonic() < deadline, rows.first.inner_text()
+        page.wait_for_timeout(100)
+        page.reload()
     rows.first.get_by_role("button", name="Retry").click()
     expect(page.locator("#deliveries tbody tr[data-delivery]")).to_have_count(1)
     page.get_by_role("button", name="Disable").click()

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table
+from sqlalchemy import JSON, Connection, Table, TypeDecorator
 
 
 class DriverStatement:
@@ -48,6 +48,60 @@ class BulkInsert(DriverStatement):
         self.columns = tuple(columns)
         marks = ", ".join("?" for _ in self.columns)
         super().__init__(f"INSERT INTO {table.name} ({', '.join(self.columns)}) VALUES ({marks})")
+
+    def unnest_sql(self, first: int) -> str:
+        """The insert for PostgreSQL with one array parameter per column, numbered from
+        `$first`: `INSERT ... SELECT ... FROM unnest($1::type[], ...)`. JSON travels as
+        text (its driver form, `json_text`) and is cast in the select."""
+        names = ", ".join(self.columns)
+        arrays, picks = [], []
+        for i, name in enumerate(self.columns, first):
+            kind = self.table.c[name].type
+            if isinstance(kind, TypeDecorator):
+                kind = kind.impl_instance
+            if isinstance(kind, JSON):
+                arrays.append(f"${i}::text[]")
+                picks.append(f"{name}::json")
+            else:
+                arrays.append(f"${i}::{_ARRAY_TYPES[kind.python_type]}[]")
+                picks.append(name)
+        return (
+            f"INSERT INTO {self.table.name} ({names}) SELECT {', '.join(picks)} "
+            f"FROM unnest({', '.join(arrays)}) AS u({names})"
+        )
+
+
+_ARRAY_TYPES = {str: "text", int: "int", datetime: "timestamptz"}
+"""PostgreSQL's array type for a column's values, by their Python type."""
+
+
+class InsertsAsOne:
+    """Several `BulkInsert`s in one round trip: on PostgreSQL one statement, each
+    column's values an array and each insert a data-modifying part of one `WITH`
+    (foreign keys are checked at the statement's end, when every part is in); on
+    SQLite, which has no round trips to save, one `executemany` each."""
+
+    def __init__(self, *inserts: BulkInsert) -> None:
+        self.inserts = inserts
+        parts, first = [], 1
+        for insert in inserts:
+            parts.append(insert.unnest_sql(first))
+            first += len(insert.columns)
+        *ahead, last = parts
+        withs = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(ahead))
+        self._postgresql = f"WITH {withs} {last}"
+
+    def run(self, conn: Connection, rows: Sequence[Sequence[tuple[Any, ...]]]) -> None:
+        """Insert `rows[i]` with `inserts[i]`, rows in placeholder order."""
+        if conn.dialect.name != "postgresql":
+            for insert, some in zip(self.inserts, rows, strict=True):
+                insert.run(conn, some)
+            return
+        params: list[list[Any]] = []
+        for insert, some in zip(self.inserts, rows, strict=True):
+            columns = zip(*some, strict=True) if some else ((),) * len(insert.columns)
+            params.extend(list(column) for column in columns)
+        conn.exec_driver_sql(self._postgresql, tuple(params))
 
 
 class Values:

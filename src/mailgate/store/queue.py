@@ -27,7 +27,14 @@ from sqlalchemy import (
 
 from mailgate.message import Email, EventType, Outcome, Status
 from mailgate.store import feedback, outbox
-from mailgate.store.bulk import BulkInsert, DriverStatement, Values, json_text, json_value
+from mailgate.store.bulk import (
+    BulkInsert,
+    DriverStatement,
+    InsertsAsOne,
+    Values,
+    json_text,
+    json_value,
+)
 from mailgate.store.records import Claimed, Finish, NewMessage
 from mailgate.store.tables import (
     WAITING,
@@ -81,6 +88,9 @@ _NEW_BODIES = BulkInsert(message_bodies, ("message_id", "body"))
 _NEW_RECIPIENTS = BulkInsert(message_recipients, ("message_id", "email"))
 _NEW_TAGS = BulkInsert(message_tags, ("message_id", "tag"))
 _NEW_EVENTS = BulkInsert(events, ("message_id", "type", "at", "detail"))
+_NEW_ALL = InsertsAsOne(_NEW_MESSAGES, _NEW_BODIES, _NEW_RECIPIENTS, _NEW_TAGS, _NEW_EVENTS)
+"""A group of new messages: one round trip on PostgreSQL (five before: 35-67 % more
+batch accepts, docs/performance.md), an `executemany` per table on SQLite."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,72 +134,24 @@ def new_rows(items: Sequence[NewMessage], dialect: str) -> dict[str, NewRows]:
 def enqueue(
     conn: Connection, items: Sequence[NewMessage], made: dict[str, NewRows] | None = None
 ) -> None:
-    """Insert new messages with their bodies, recipients, tags and first event: one
-    `executemany` per table for the whole group (`bulk.BulkInsert`). `made` holds their
+    """Insert new messages with their bodies, recipients, tags and first event, the
+    whole group at once (`bulk.InsertsAsOne`). `made` holds their
     rows when the caller made them before the transaction (`new_rows`)."""
     if not items:
         return
     if made is None:
         made = new_rows(items, conn.dialect.name)
     rows = [made[item.id] for item in items]
-    messages_, bodies = [r.message for r in rows], [r.body for r in rows]
-    recipients = [x for r in rows for x in r.recipients]
-    tags, first_events = [x for r in rows for x in r.tags], [r.event for r in rows]
-    if conn.dialect.name == "postgresql":
-        # One round trip for the five tables, not one each: arrays, one per column.
-        columns = (messages_, bodies, recipients, tags, first_events)
-        widths = (len(_NEW_MESSAGES.columns), 2, 2, 2, 4)
-        params: list[list[Any]] = []
-        for table_rows, width in zip(columns, widths, strict=True):
-            params.extend(list(column) for column in zip(*table_rows, strict=True))
-            if not table_rows:
-                params.extend([] for _ in range(width))
-        conn.exec_driver_sql(_NEW_ALL_POSTGRESQL, tuple(params))
-        return
-    _NEW_MESSAGES.run(conn, messages_)
-    _NEW_BODIES.run(conn, bodies)
-    _NEW_RECIPIENTS.run(conn, recipients)
-    _NEW_TAGS.run(conn, tags)
-    _NEW_EVENTS.run(conn, first_events)
-
-
-def _unnest_insert(table: str, columns: Sequence[tuple[str, str]], first: int) -> str:
-    """`INSERT INTO table ... SELECT ... FROM unnest($first::type[], ...)`: one array
-    parameter per column; `json` columns travel as text and are cast in the select."""
-    names = ", ".join(name for name, _ in columns)
-    types = ("text" if kind == "json" else kind for _, kind in columns)
-    arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(types))
-    picks = ", ".join(f"{name}::json" if kind == "json" else name for name, kind in columns)
-    return f"INSERT INTO {table} ({names}) SELECT {picks} FROM unnest({arrays}) AS u({names})"
-
-
-def _new_all_postgresql() -> str:
-    tables = (
-        ("messages", (
-            ("id", "text"), ("tenant_id", "text"), ("status", "text"), ("envelope", "json"),
-            ("send_at", "timestamptz"), ("next_attempt_at", "timestamptz"),
-            ("window_start", "timestamptz"), ("rounds", "int"), ("forced_provider", "text"),
-            ("idempotency_key", "text"), ("request_hash", "text"),
-            ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
-        )),
-        ("message_bodies", (("message_id", "text"), ("body", "json"))),
-        ("message_recipients", (("message_id", "text"), ("email", "text"))),
-        ("message_tags", (("message_id", "text"), ("tag", "text"))),
-        ("events", (
-            ("message_id", "text"), ("type", "text"), ("at", "timestamptz"), ("detail", "json"),
-        )),
-    )  # fmt: skip
-    statements, first = [], 1
-    for table, columns in tables:
-        statements.append(_unnest_insert(table, columns, first))
-        first += len(columns)
-    *ahead, last = statements
-    # Data-modifying WITH parts all run, in one statement; the foreign keys are
-    # checked at its end, when the messages are in.
-    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(ahead)) + " " + last
-
-
-_NEW_ALL_POSTGRESQL = _new_all_postgresql()
+    _NEW_ALL.run(
+        conn,
+        (
+            [r.message for r in rows],
+            [r.body for r in rows],
+            [x for r in rows for x in r.recipients],
+            [x for r in rows for x in r.tags],
+            [r.event for r in rows],
+        ),
+    )
 
 
 _CLAIM = (

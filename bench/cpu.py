@@ -11,6 +11,8 @@ and after the work:
 
 - per accept: `serve --no-worker`, 3,000 single POSTs over 64 connections
   (after 200 to warm up); the serve process's CPU.
+- per message of a batch (`--only batch`): `serve --no-worker`, 30,000 messages
+  in batches of 1,000 from 4 clients (after one batch); the serve process's CPU.
 - per delivery: a `mailgate worker` started on an empty queue, then 5,000
   messages queued through the batch API and delivered to a fake SendGrid
   answering at once; the worker's CPU from before the first batch to the
@@ -70,6 +72,42 @@ async def accept_load(
             return (cpu_seconds(svc.pid) - before) / n
 
 
+async def per_batch_accept(n: int = 30_000) -> float:
+    async with service(worker=False) as svc:
+        return await batch_load(svc, n)
+
+
+async def batch_load(
+    svc: Service,
+    n: int,
+    size: int = 1000,
+    concurrency: int = 4,
+    during: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+) -> float:
+    """CPU seconds per message of `svc`'s process taking `n` messages in batches of `size`
+    from `concurrency` clients (after one batch to warm up), inside `during()`."""
+    headers = {"Authorization": f"Bearer {svc.key}", "Content-Type": "application/json"}
+    payload = json.dumps({"messages": [MESSAGE] * size})
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def post() -> None:
+            async with session.post(f"{svc.url}/v1/messages/batch", data=payload) as r:
+                await r.read()
+                assert r.status == 200, r.status
+
+        await post()
+        todo = iter(range(n // size))
+
+        async def client() -> None:
+            for _ in todo:
+                await post()
+
+        async with during():
+            before = cpu_seconds(svc.pid)
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            return (cpu_seconds(svc.pid) - before) / n
+
+
 async def per_delivery(n: int = 5000) -> float:
     async with service(worker=False, poll_interval_seconds=0.05) as svc:
         headers = {"Authorization": f"Bearer {svc.key}", "Content-Type": "application/json"}
@@ -93,14 +131,16 @@ async def per_delivery(n: int = 5000) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", choices=["accept", "delivery"])
+    parser.add_argument("--only", choices=["accept", "batch", "delivery"])
     args = parser.parse_args()
-    for name, job in (("accept", per_accept), ("delivery", per_delivery)):
+    jobs = (("accept", per_accept), ("batch", per_batch_accept), ("delivery", per_delivery))
+    for name, job in jobs:
         if args.only not in (None, name):
             continue
         runs = [await job() * 1e6 for _ in range(args.repeats)]
         each = " / ".join(f"{r:.0f}" for r in runs)
-        print(f"CPU µs per {name}: median {statistics.median(runs):.0f} ({each})", flush=True)
+        what = "message accepted in batches of 1,000" if name == "batch" else name
+        print(f"CPU µs per {what}: median {statistics.median(runs):.0f} ({each})", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.cpu import accept_load
+from bench.cpu import accept_load, batch_load
 from bench.harness import MESSAGE, cpu_seconds, fake_stats, process, service
 
 # (layer, markers in a frame's file path); the first layer whose marker a frame's file
@@ -111,30 +111,10 @@ async def accept(n: int, out: Path, concurrency: int = 64) -> float:
         return await accept_load(svc, n, concurrency, during=lambda: sampling(svc.pid, out))
 
 
-async def batch(n: int, out: Path, size: int = 1000, concurrency: int = 4) -> float:
-    """CPU seconds per message of `serve --no-worker` taking batches of `size`, into `out`."""
+async def batch(n: int, out: Path) -> float:
+    """CPU seconds per message of `serve --no-worker` taking batches of 1,000, into `out`."""
     async with service(worker=False) as svc:
-        headers = {"Authorization": f"Bearer {svc.key}", "Content-Type": "application/json"}
-        payload = json.dumps({"messages": [MESSAGE] * size})
-        async with aiohttp.ClientSession(headers=headers) as session:
-
-            async def post() -> None:
-                async with session.post(f"{svc.url}/v1/messages/batch", data=payload) as r:
-                    await r.read()
-                    assert r.status == 200, r.status
-
-            await post()
-            todo = iter(range(n // size))
-
-            async def client() -> None:
-                for _ in todo:
-                    await post()
-
-            async with sampling(svc.pid, out):
-                before = cpu_seconds(svc.pid)
-                await asyncio.gather(*(client() for _ in range(concurrency)))
-                used = cpu_seconds(svc.pid) - before
-    return used / n
+        return await batch_load(svc, n, during=lambda: sampling(svc.pid, out))
 
 
 async def deliver(n: int, out: Path) -> float:

@@ -197,11 +197,20 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# RFC 4648's base32 alphabet mapped, in order, onto Crockford's: the encoded
-# ids then sort as their bytes do.
-_TO_CROCKFORD = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every pair of Crockford base32 characters, by the 10 bits they encode: an id's 26
+# characters are 13 lookups (base64.b32encode, pure Python here, took three times as long).
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = tuple(range(120, -1, -10))
+
+
+def _encode(millis: int, rest: bytes) -> str:
+    """48 bits of `millis` then `rest`'s 80 as 26 Crockford base32 characters, most
+    significant first, the last two bits zero (as RFC 4648 pads), so the text sorts as
+    the bits do."""
+    bits = (millis << 82) | (int.from_bytes(rest, "big") << 2)
+    pairs = _PAIRS
+    return "".join([pairs[(bits >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_id(prefix: str) -> str:
@@ -210,13 +219,11 @@ def new_id(prefix: str) -> str:
     48 bits of milliseconds then 80 random bits (a ULID's layout), so ids sort
     by creation time and "newest first" can page by id alone.
     """
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
-    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"
+    return f"{prefix}_{_encode(time.time_ns() // 1_000_000, os.urandom(10))}"
 
 
 def first_id_at(prefix: str, at: datetime) -> str:
     """The smallest id `new_id` can make at `at`: ids made at `at` or later sort at or
     after it, so a time range is an id range (and walks the id indexes)."""
     millis = max(0, int(at.timestamp() * 1000))
-    raw = min(millis, 2**48 - 1).to_bytes(6, "big") + bytes(10)
-    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"
+    return f"{prefix}_{_encode(min(millis, 2**48 - 1), bytes(10))}"

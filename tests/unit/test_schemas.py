@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 
 from mailgate.api.addresses import parse_address
 from mailgate.api.errors import validation_error
-from mailgate.api.schemas import MessageIn
+from mailgate.api.schemas import MessageIn, ValidBatchIn
 from mailgate.errors import InvalidRequest, PayloadTooLarge
 from mailgate.message import Address
 from tests.helpers import message
@@ -165,3 +166,25 @@ def test_schedule() -> None:
     with pytest.raises(InvalidRequest, match="366 days"):
         far = (now + timedelta(days=400)).isoformat()
         MessageIn.model_validate(message(send_at=far)).schedule(now)
+
+
+def test_a_valid_batch_validated_at_once_is_what_each_validated_alone_makes() -> None:
+    """The batch route validates an all-valid batch in one pass (`ValidBatchIn`); every
+    message must come out as `MessageIn` makes it from the parsed item."""
+    attachment = {"filename": "a.txt", "content": base64.b64encode(b"hi").decode()}
+    items = [
+        message(),
+        message(**{"from": "Ann <ann@example.com>"}, cc=["c@example.net"], bcc=["b@example.net"]),
+        message(reply_to=["r@example.com"], html="<p>hi</p>", text=None),
+        message(headers={"X-Campaign": "7"}, metadata={"order": "42"}, tags=["a", "b", "a"]),
+        message(attachments=[attachment], send_at="2030-01-02T03:04:05+01:00"),
+        message(to=[{"email": "x@example.org", "name": "X, Y"}], provider="sendgrid"),
+    ]
+    whole = ValidBatchIn.model_validate_json(json.dumps({"messages": items})).messages
+    assert whole == [MessageIn.model_validate(item) for item in items]
+
+
+def test_a_batch_with_one_bad_message_is_not_valid_at_once() -> None:
+    items = [message(), message(to=["not an address"])]
+    with pytest.raises(ValidationError):
+        ValidBatchIn.model_validate_json(json.dumps({"messages": items}))

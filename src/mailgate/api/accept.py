@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -87,16 +88,25 @@ class Acceptor:
         self._providers = frozenset(provider_names)
 
     def prepare(
-        self, message: MessageIn, tenant: Tenant, *, idempotency_key: str | None = None
+        self,
+        message: MessageIn,
+        tenant: Tenant,
+        *,
+        idempotency_key: str | None = None,
+        now: datetime | None = None,
     ) -> NewMessage:
-        """Everything about a message that can be refused before it is stored."""
+        """Everything about a message that can be refused before it is stored.
+
+        `now`: its time of acceptance, when the caller accepts several at one time.
+        """
         refuse_disabled(tenant)
         default_from = parse_address(tenant.default_from) if tenant.default_from else None
         email = message.to_email(default_from)
         check_sender(tenant, email.sender)
         if message.provider is not None:
             self._check_provider(message.provider, tenant)
-        now = utcnow()
+        if now is None:
+            now = utcnow()
         return NewMessage(
             id=new_id("msg"),
             tenant_id=tenant.id,
@@ -138,22 +148,25 @@ class Acceptor:
 
     async def accept_batch(
         self,
-        messages: Sequence[dict[str, Any]],
+        messages: Sequence[MessageIn | dict[str, Any]],
         tenant: Tenant,
         *,
         idempotency_key: str | None = None,
     ) -> list[BatchItem]:
-        """Validate each message on its own and store the valid ones, in one group.
+        """Validate each message on its own and store the valid ones, in one group
+        (a `MessageIn` is taken as validated).
 
         An `idempotency_key` applies to each item as `<key>:<index>`.
         """
         refuse_disabled(tenant)
         results: list[BatchItem] = []
         ready: list[tuple[int, NewMessage]] = []
+        now = utcnow()
         for index, raw in enumerate(messages):
             try:
                 item_key = f"{idempotency_key}:{index}" if idempotency_key is not None else None
-                item = self.prepare(MessageIn.model_validate(raw), tenant, idempotency_key=item_key)
+                message = raw if isinstance(raw, MessageIn) else MessageIn.model_validate(raw)
+                item = self.prepare(message, tenant, idempotency_key=item_key, now=now)
             except ValidationError as exc:
                 results.append(BatchItem(index, error=validation_error(exc)))
             except RequestError as exc:

@@ -241,6 +241,18 @@ class BatchIn(_Model):
     messages: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=1000)]
 
 
+class ValidBatchIn(_Model):
+    """A batch whose every message is valid, validated from the JSON in one pass.
+
+    The batch route tries it first: pydantic-core validating the list from the
+    request's bytes took two thirds of the time of parsing to dicts and validating
+    each (`BatchIn`, then `MessageIn` per item). A batch with any refused message
+    goes the per-item way, which names each refusal.
+    """
+
+    messages: Annotated[list[MessageIn], Field(min_length=1, max_length=1000)]
+
+
 class AttemptOut(_Model):
     provider: str | None
     started_at: datetime

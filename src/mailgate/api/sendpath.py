@@ -18,6 +18,7 @@ OpenAPI document and the scope checks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -29,7 +30,7 @@ from mailgate.api.auth import Caller, bearer_secret
 from mailgate.api.context import ApiContext
 from mailgate.api.errors import INTERNAL_ERROR, answer, error_body, validation_error
 from mailgate.api.render import message_json, new_message_json
-from mailgate.api.schemas import BatchIn, MessageIn
+from mailgate.api.schemas import BatchIn, MessageIn, ValidBatchIn
 from mailgate.errors import InvalidRequest
 from mailgate.store import Scope as KeyScope
 
@@ -69,6 +70,16 @@ def validated(model: type[M], body: bytes) -> M:
         raise validation_error(exc) from None
 
 
+def batch_messages(body: bytes) -> Sequence[MessageIn | dict[str, Any]]:
+    """A batch's messages: validated at once when all are valid (the usual batch);
+    otherwise as parsed, for `Acceptor.accept_batch` to validate one by one, so each
+    refusal names its own message. A refusal of the batch itself is a 400 as before."""
+    try:
+        return ValidBatchIn.model_validate_json(body).messages
+    except ValidationError:
+        return validated(BatchIn, body).messages
+
+
 async def send_one(
     ctx: ApiContext, authorization: str | None, idempotency: str | None, body: bytes
 ) -> tuple[int, dict[str, Any]]:
@@ -90,9 +101,9 @@ async def send_many(
     """`POST /v1/messages/batch`: each message validated on its own, the valid ones
     stored in one group, an answer per item."""
     caller = await caller_of(ctx, authorization)
-    batch = validated(BatchIn, body)
+    messages = batch_messages(body)
     base_key = idempotency_key(idempotency)
-    items = await ctx.acceptor.accept_batch(batch.messages, caller.tenant, idempotency_key=base_key)
+    items = await ctx.acceptor.accept_batch(messages, caller.tenant, idempotency_key=base_key)
     data: list[dict[str, Any]] = []
     for item in items:
         if item.accepted is not None:

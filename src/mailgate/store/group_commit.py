@@ -40,6 +40,28 @@ Prepare = Callable[[Sequence[T], str], Any]
 """What a flush can make of its items without the database (`prepare(items, dialect)`)."""
 
 
+class _Answers(Generic[R]):
+    """The answers to one `submit` or `submit_many`, an answer per item, handed over
+    together once the last of them is in. One future per call, not per item: a
+    future per message of a batch (each with its done callback, gathered) cost 2 µs
+    a message, a twentieth of a batch accept's time on the loop."""
+
+    __slots__ = ("future", "left", "results")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.future: asyncio.Future[list[R | Exception]] = loop.create_future()
+        self.results: list[R | Exception] = [None] * size  # type: ignore[list-item]
+        self.left = size
+
+    def put(self, index: int, result: R | Exception) -> None:
+        if self.future.done():
+            return  # the caller went away; the write stands
+        self.results[index] = result
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(self.results)
+
+
 class GroupCommit(Generic[T, R]):
     def __init__(
         self,
@@ -57,30 +79,34 @@ class GroupCommit(Generic[T, R]):
         self._name = name
         self._max_batch = max_batch
         self._after_commit = after_commit
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._pending: list[tuple[T, _Answers[R], int]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def submit(self, item: T) -> R:
         """Write `item` with whatever else is waiting; return once it is committed."""
-        return await self._enqueue([item])[0]
+        (result,) = await self._enqueue([item]).future
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     async def submit_many(self, items: Sequence[T]) -> list[R | Exception]:
         """Like `submit` for each item; an item's error is returned in its place."""
-        futures = self._enqueue(items)
-        return list(await asyncio.gather(*futures, return_exceptions=True))  # type: ignore[arg-type]
+        if not items:
+            return []
+        return await self._enqueue(items).future
 
-    def _enqueue(self, items: Sequence[T]) -> list[asyncio.Future[R]]:
+    def _enqueue(self, items: Sequence[T]) -> _Answers[R]:
         if self._closed:
             raise StoreUnavailable(f"{self._name}: store is shutting down")
         loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        self._pending.extend(zip(items, futures, strict=True))
+        answers: _Answers[R] = _Answers(loop, len(items))
+        self._pending.extend([(item, answers, index) for index, item in enumerate(items)])
         if self._task is None:
             self._task = loop.create_task(self._run(), name=f"group-commit-{self._name}")
         self._wakeup.set()
-        return futures
+        return answers
 
     async def _run(self) -> None:
         while True:
@@ -94,9 +120,9 @@ class GroupCommit(Generic[T, R]):
                 return
 
     async def _commit(
-        self, batch: list[tuple[T, asyncio.Future[R]]], *, alone: bool = False
+        self, batch: list[tuple[T, _Answers[R], int]], *, alone: bool = False
     ) -> None:
-        items = [item for item, _ in batch]
+        items = [item for item, _, _ in batch]
         try:
             # Made before the transaction: on SQLite its write lock, which other
             # processes may be waiting for, is held only for the statements.
@@ -125,13 +151,8 @@ class GroupCommit(Generic[T, R]):
             return
         if self._after_commit is not None:
             self._after_commit(items)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # the caller went away; the write stands
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        for (_, answers, index), result in zip(batch, results, strict=True):
+            answers.put(index, result)
 
     async def close(self) -> None:
         """Write what is pending, then stop taking items."""
@@ -142,7 +163,6 @@ class GroupCommit(Generic[T, R]):
             self._task = None
 
 
-def _fail(batch: Sequence[tuple[object, asyncio.Future[R]]], exc: Exception) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+def _fail(batch: Sequence[tuple[object, _Answers[R], int]], exc: Exception) -> None:
+    for _, answers, index in batch:
+        answers.put(index, exc)

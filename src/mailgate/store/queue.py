@@ -109,9 +109,13 @@ def new_rows(items: Sequence[NewMessage], dialect: str) -> dict[str, NewRows]:
     values = Values.of(dialect)
     stamp = values.stamp
     made: dict[str, NewRows] = {}
+    # The messages of one batch share their time of acceptance: formatted once.
+    last_at: datetime | None = None
+    created: Any = None
     for item in items:
         envelope, body = split_email(item.email)
-        created = stamp(item.created_at)
+        if item.created_at is not last_at:
+            last_at, created = item.created_at, stamp(item.created_at)
         start = stamp(item.send_at) if item.send_at is not None else created
         message_id = item.id
         email = item.email
